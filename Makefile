@@ -1,0 +1,40 @@
+# tcplab — one command to try it, one to test it.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint unit integration bench clean-lab clean
+
+$(BIN)/tcplab: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,dev]'
+	@touch $@
+
+## demo: build a lab, run one echo conversation, print every kernel state change
+demo: $(BIN)/tcplab
+	$(BIN)/tcplab run --latency 40ms --server-close linger:200ms --client-close active
+
+## test: lint (ruff, mypy) and the whole test suite
+test: lint
+	$(BIN)/pytest
+
+lint: $(BIN)/tcplab
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(BIN)/tcplab
+	$(BIN)/pytest tests/unit
+
+integration: $(BIN)/tcplab
+	$(BIN)/pytest tests/integration
+
+bench: $(BIN)/tcplab
+	$(BIN)/python benchmarks/observer_dump.py
+
+clean-lab: $(BIN)/tcplab
+	$(BIN)/tcplab clean
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,42 @@
+"""Durations as people write them: ``1.5s``, ``250ms``, ``500us``, ``2m``.
+
+One parser for the whole lab (daemon options, proxy rules, scenario files), so
+``linger:2s`` on the server and ``delay = "2s"`` in a rule mean the same thing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|min|m|h)\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """``"250ms"`` → 0.25 (seconds).  A unit is required: a bare ``2`` is
+    ambiguous (seconds? milliseconds?) and is refused with a hint."""
+    match = _DURATION.match(text)
+    if match is None:
+        hint = ""
+        if re.fullmatch(r"\s*\d+(\.\d*)?\s*", text):
+            hint = f" (add a unit: {text.strip()}s or {text.strip()}ms)"
+        raise ValueError(
+            f"bad duration {text!r}: expected a number and a unit (us, ms, s, m, h){hint}"
+        )
+    value = float(match.group(1)) * _UNITS[match.group(2)]
+    if not math.isfinite(value):
+        raise ValueError(f"bad duration {text!r}: not finite")
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    """Exact to the microsecond: 0.25 → ``250ms``, 2.0 → ``2s``, 1.000001 → ``1000001us``."""
+    if seconds == 0:
+        return "0s"
+    if seconds >= 1 and float(seconds).is_integer():
+        return f"{int(seconds)}s"
+    ms = seconds * 1000
+    if abs(ms - round(ms)) < 1e-9:
+        return f"{round(ms)}ms"
+    return f"{round(seconds * 1e6)}us"
