@@ -13,7 +13,7 @@ $(BIN)/tcplab: pyproject.toml
 
 ## demo: build a lab, run one echo conversation, print every kernel state change
 demo: $(BIN)/tcplab
-	$(BIN)/tcplab run --latency 40ms --server-close linger:200ms --client-close active
+	$(BIN)/tcplab run --server-close linger:200ms --client-close active
 
 ## test: lint (ruff, mypy) and the whole test suite
 test: lint

@@ -118,6 +118,7 @@ class Client:
                 number=number,
                 took_ms=round((time.monotonic() - started) * 1000, 3),
             )
+            self.observer.note(key)
             keep = await self._talk(sock, key, log)
         finally:
             if not keep:
@@ -142,8 +143,8 @@ class Client:
                         )
                 if policy == "shutdown":
                     sock.shutdown(socket.SHUT_WR)
-                    self.observer.note(key, "snd_fin")
                     log.info(events.APP_SHUTDOWN, how="write")
+                    self.observer.note(key, "snd_fin")
                     while await self._read_line(sock, reader, log, key) is not None:
                         pass
                 elif policy == "passive":
@@ -189,13 +190,13 @@ class Client:
             return
         if self.args.close == "abort":
             common.set_abortive_close(sock)
-            self.observer.note(key, "reset")
             sock.close()
             log.info(events.APP_CLOSE, how="abort")
+            self.observer.note(key, "reset", "closed")
         else:
-            self.observer.note(key, "snd_fin")
             sock.close()
             log.info(events.APP_CLOSE, how="close")
+            self.observer.note(key, "snd_fin", "closed")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

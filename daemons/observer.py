@@ -20,7 +20,7 @@ import trio
 from daemons import sockdiag
 from daemons.statemachine import Change, Fact, Key, Snapshot, SocketTracker
 from tcplab import events
-from tcplab.events import TCP_STATES, TIMERS, to_fields
+from tcplab.events import TCP_STATES, TIMERS
 
 DEFAULT_INTERVAL = 0.005
 """5 ms: short enough to see a SYN_RECV or FIN_WAIT2 that lasts one RTT of a
@@ -72,8 +72,14 @@ class Observer:
         self._changed = trio.Event()
         self._sock: socket.socket | None = None
 
-    def note(self, key: Key, fact: Fact) -> None:
-        self.tracker.note(key, fact)
+    def note(self, key: Key, *facts: Fact) -> None:
+        """The program just did something to socket ``key`` (and so knows
+        ``facts``): record them, and poll now rather than at the next tick, so
+        the state the action caused is seen while it lasts."""
+        for fact in facts:
+            self.tracker.note(key, fact)
+        if self._sock is not None:
+            self.poll_once()
 
     def poll_once(self) -> list[Change]:
         """One dump and diff (blocking; a small dump takes tens of µs)."""
@@ -92,7 +98,7 @@ class Observer:
         self.polls += 1
         changes = self.tracker.update(snapshot, now)
         for change in changes:
-            self.log.info(events.TCP_STATE, ts=round(change.ts, 6), **to_fields(change.record))
+            events.emit(self.log, change.record, ts=round(change.ts, 6))
         if changes:
             self._changed.set()
             self._changed = trio.Event()

@@ -156,6 +156,7 @@ class Server:
         conn = events.conn_id(key[2], key[3], key[0], key[1])
         log = self.log.bind(conn=conn)
         log.info(events.APP_ACCEPT)
+        self.observer.note(key)
         reader = LineReader(self.args.max_message)
         echoed = 0
         policy = self.policy
@@ -180,8 +181,8 @@ class Server:
                             raise _CloseFirst
                         if policy.kind == "half" and echoed == policy.after_messages:
                             sock.shutdown(socket.SHUT_WR)
-                            self.observer.note(key, "snd_fin")
                             log.info(events.APP_SHUTDOWN, how="write")
+                            self.observer.note(key, "snd_fin")
             # The client's FIN has arrived: we are in CLOSE_WAIT.
             if self.args.farewell is not None and policy.kind != "half":
                 line = self.args.farewell.encode() + b"\n"
@@ -214,13 +215,13 @@ class Server:
     def _close(self, sock: trio.socket.SocketType, key: common.Key, log: Any) -> None:
         if self.policy.kind == "abort":
             common.set_abortive_close(sock)
-            self.observer.note(key, "reset")
             sock.close()
             log.info(events.APP_CLOSE, how="abort")
+            self.observer.note(key, "reset", "closed")
         else:
-            self.observer.note(key, "snd_fin")
             sock.close()
             log.info(events.APP_CLOSE, how="close")
+            self.observer.note(key, "snd_fin", "closed")
 
 
 class _CloseFirst(Exception):

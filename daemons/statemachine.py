@@ -15,9 +15,11 @@ teardown takes a few microseconds — so what the poller sees is a *jump*
 for sure and tells us (:meth:`SocketTracker.note`): it read end-of-stream, so
 a FIN arrived (``rcv_fin``); it closed or shut down writing, so the kernel
 sent a FIN (``snd_fin``); it got ECONNRESET or aborted with SO_LINGER 0
-(``reset``).  Without a ``reset`` fact from the owner, paths that end a
-connection by RST are not considered for that owner's sockets; a socket
-nobody vouches for (``tcplab watch``) gets every path.
+(``reset``); it closed its descriptor (``closed``).  While the owner still
+holds the socket, it would have seen a reset (ECONNRESET), so without a
+``reset`` fact paths that end the connection by RST are not considered.
+Once the owner has closed it (an orphan: nobody is left to see a RST), and
+for sockets nobody vouches for (``tcplab watch``), every path is.
 
 The graph is RFC 9293 §3.3.2 (figure 5) as Linux implements it
 (net/ipv4/tcp_input.c, tcp.c), with the names ``ss`` uses.  Linux reports a
@@ -32,8 +34,8 @@ from typing import Literal
 
 from tcplab.events import CLOSED, TcpState, conn_id, endpoint
 
-Fact = Literal["rcv_fin", "snd_fin", "reset"]
-FACTS: tuple[Fact, ...] = ("rcv_fin", "snd_fin", "reset")
+Fact = Literal["rcv_fin", "snd_fin", "reset", "closed"]
+FACTS: tuple[Fact, ...] = ("rcv_fin", "snd_fin", "reset", "closed")
 Key = tuple[str, int, str, int]
 """(local address, local port, remote address, remote port)."""
 
@@ -105,7 +107,7 @@ def candidate_paths(
     ``old``; a fact already explained by the history puts no demand on the path.
     Returns paths including both ends; empty when none fits.
     """
-    allow_rst = "reset" in facts or not vouched
+    allow_rst = "reset" in facts or "closed" in facts or not vouched
     needs = [
         states
         for fact, states in _FACT_STATES.items()

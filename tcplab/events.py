@@ -248,6 +248,13 @@ def to_fields(record: Record) -> dict[str, Any]:
     return out
 
 
+def emit(log: Any, record: Record, **extra: Any) -> None:
+    """Log ``record`` on a structlog logger as one event line."""
+    fields = to_fields(record)
+    name = fields.pop("event")
+    log.info(name, **fields, **extra)
+
+
 def from_fields(fields: Mapping[str, Any]) -> Record:
     """Rebuild a typed record from a parsed log line (unknown keys ignored)."""
     name = fields.get("event")

@@ -95,9 +95,6 @@ class LabSpec:
 
     forwarding: Forwarding = Forwarding.KERNEL
     sysctls: Mapping[Side, Mapping[str, str]] = dataclasses.field(default_factory=dict)
-    latency_s: float = 0.0
-    """One-way delay added by netem on both middlebox egress interfaces, so
-    every state lasts at least a round trip and a poller sees it."""
     lab_id: str | None = None
     persistent: bool = False
     """Kept after the creating process exits (``tcplab lab up``)."""
@@ -224,10 +221,6 @@ def _offloads_off(ns: str, ifname: str) -> None:
             tool.close()
 
 
-def _netem(ip: Any, index: int, latency_s: float) -> None:
-    ip.tc("add", "netem", index=index, handle="1:", delay=int(latency_s * 1e6), limit=10000)
-
-
 def _build(lab: Lab, spec: LabSpec) -> None:
     a = lab.addr
     cli, mbx, srv = lab.namespaces
@@ -276,8 +269,6 @@ def _build(lab: Lab, spec: LabSpec) -> None:
             _addr(ip, index, v4, a.prefix4)
             _addr(ip, index, v6, a.prefix6)
             ip.link("set", index=index, state="up")
-            if spec.latency_s > 0:
-                _netem(ip, index, spec.latency_s)
 
     set_forwarding(lab, lab.forwarding)
     for side, values in spec.sysctls.items():

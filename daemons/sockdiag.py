@@ -1,0 +1,263 @@
+"""A lean sock_diag (inet_diag) client for TCP sockets.
+
+What ``ss -tan`` does, in a few hundred microseconds for a handful of sockets:
+send one ``SOCK_DIAG_BY_FAMILY`` dump request over a ``NETLINK_SOCK_DIAG``
+socket and decode the ``inet_diag_msg`` replies.  pyroute2's DiagSocket does
+the same through its generic message machinery, about 15 times slower than
+``ss`` on 10,000 sockets, and cannot be bound to a namespace through its
+constructor.  Here the socket is simply created inside the namespace
+(:func:`open_diag_socket`) — a socket belongs to the namespace it was made in.
+
+The codec half is pure (bytes in, values out); :func:`dump` is the only I/O.
+
+``inet_diag_msg`` (include/uapi/linux/inet_diag.h), 72 bytes::
+
+    u8  family, state, timer, retrans
+    inet_diag_sockid: be16 sport, be16 dport, be32 src[4], be32 dst[4],
+                      u32 if, u32 cookie[2]
+    u32 expires (ms), rqueue, wqueue, uid, inode
+
+TIME_WAIT sockets come with ``timer`` 3 and ``expires`` = ms left; request
+sockets (a SYN_RECV before the handshake ACK) with ``timer`` 1 and
+``retrans`` = SYN-ACKs retransmitted; an orphaned FIN_WAIT2 past close is
+reported as FIN_WAIT2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import socket
+import struct
+from collections.abc import Iterable
+
+from tcplab import netns
+
+# include/uapi/linux/netlink.h
+NETLINK_SOCK_DIAG = 4
+NLM_F_REQUEST = 0x01
+NLM_F_MULTI = 0x02
+NLM_F_ROOT = 0x100
+NLM_F_MATCH = 0x200
+NLM_F_DUMP = NLM_F_ROOT | NLM_F_MATCH
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+# include/uapi/linux/sock_diag.h
+SOCK_DIAG_BY_FAMILY = 20
+# include/net/tcp_states.h: every state, as a bit mask (TCPF_ALL)
+ALL_STATES = 0xFFF
+
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+# struct inet_diag_req_v2: family, protocol, ext, pad, states, sockid (48 bytes)
+_REQ_V2 = struct.Struct("=BBBBI48s")
+# struct inet_diag_msg, with the ports and addresses in network order
+_MSG = struct.Struct("=BBBB2H16s16sI8sIIIII")
+_MSG_PORTS = struct.Struct("!HH")
+_ERRNO = struct.Struct("=i")
+
+RECV_BUFFER = 1 << 20
+
+
+class DiagError(OSError):
+    """The kernel refused the request, or its reply could not be decoded."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SockInfo:
+    """One TCP socket as sock_diag reports it."""
+
+    family: int
+    state: int
+    timer: int
+    retrans: int
+    expires_ms: int
+    src: str
+    sport: int
+    dst: str
+    dport: int
+    cookie: int = 0
+    inode: int = 0
+    uid: int = 0
+    rqueue: int = 0
+    wqueue: int = 0
+
+    @property
+    def key(self) -> tuple[str, int, str, int]:
+        return (self.src, self.sport, self.dst, self.dport)
+
+
+def build_dump_request(family: int, states: int = ALL_STATES, seq: int = 1, ext: int = 0) -> bytes:
+    """A SOCK_DIAG_BY_FAMILY dump request for TCP sockets of ``family``."""
+    body = _REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, states, b"\0" * 48)
+    header = _NLMSGHDR.pack(
+        _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
+    )
+    return header + body
+
+
+def encode_inet_diag_msg(info: SockInfo, seq: int = 1) -> bytes:
+    """One netlink message carrying ``info`` (the inverse of the decoder)."""
+    size = 4 if info.family == socket.AF_INET else 16
+    src = socket.inet_pton(info.family, info.src).ljust(16, b"\0")[:16]
+    dst = socket.inet_pton(info.family, info.dst).ljust(16, b"\0")[:16]
+    del size
+    body = _MSG.pack(
+        info.family,
+        info.state,
+        info.timer,
+        info.retrans,
+        socket.htons(info.sport),
+        socket.htons(info.dport),
+        src,
+        dst,
+        0,
+        struct.pack("=Q", info.cookie),
+        info.expires_ms,
+        info.rqueue,
+        info.wqueue,
+        info.uid,
+        info.inode,
+    )
+    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_MULTI, seq, 0)
+    return header + body
+
+
+def encode_done(seq: int = 1) -> bytes:
+    return _NLMSGHDR.pack(_NLMSGHDR.size + 4, NLMSG_DONE, NLM_F_MULTI, seq, 0) + b"\0" * 4
+
+
+def encode_error(code: int, seq: int = 1) -> bytes:
+    request = build_dump_request(socket.AF_INET, seq=seq)[: _NLMSGHDR.size]
+    body = _ERRNO.pack(-code) + request
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), NLMSG_ERROR, 0, seq, 0) + body
+
+
+_ntop_cache: dict[bytes, str] = {}
+
+
+def _addr(family: int, raw: bytes) -> str:
+    key = raw[:4] if family == socket.AF_INET else raw
+    text = _ntop_cache.get(key if family == socket.AF_INET else b"6" + key)
+    if text is None:
+        text = socket.inet_ntop(family, key)
+        if len(_ntop_cache) < 4096:
+            _ntop_cache[key if family == socket.AF_INET else b"6" + key] = text
+    return text
+
+
+def parse_messages(data: bytes | memoryview, seq: int | None = None) -> tuple[list[SockInfo], bool]:
+    """Decode a buffer of netlink messages: the sockets, and whether the dump
+    ended (NLMSG_DONE).  Raises :class:`DiagError` for an error reply or
+    anything malformed; never IndexError or struct.error."""
+    view = memoryview(data)
+    out: list[SockInfo] = []
+    offset = 0
+    end = len(view)
+    hdr_size = _NLMSGHDR.size
+    unpack_hdr = _NLMSGHDR.unpack_from
+    unpack_msg = _MSG.unpack_from
+    while offset < end:
+        if end - offset < hdr_size:
+            raise DiagError(errno.EBADMSG, f"truncated netlink header at byte {offset}")
+        length, kind, _flags, msg_seq, _pid = unpack_hdr(view, offset)
+        if length < hdr_size or offset + length > end:
+            raise DiagError(errno.EBADMSG, f"bad netlink length {length} at byte {offset}")
+        if seq is not None and msg_seq != seq:
+            raise DiagError(errno.EBADMSG, f"reply for sequence {msg_seq}, expected {seq}")
+        if kind == NLMSG_DONE:
+            return out, True
+        if kind == NLMSG_ERROR:
+            if length < hdr_size + 4:
+                raise DiagError(errno.EBADMSG, "truncated netlink error")
+            (code,) = _ERRNO.unpack_from(view, offset + hdr_size)
+            if code:
+                raise DiagError(-code, f"sock_diag: {errno.errorcode.get(-code, -code)}")
+        elif kind == SOCK_DIAG_BY_FAMILY:
+            if length < hdr_size + _MSG.size:
+                raise DiagError(errno.EBADMSG, f"short inet_diag_msg ({length} bytes)")
+            (
+                family,
+                state,
+                timer,
+                retrans,
+                sport,
+                dport,
+                src,
+                dst,
+                _if,
+                cookie,
+                expires,
+                rqueue,
+                wqueue,
+                uid,
+                inode,
+            ) = unpack_msg(view, offset + hdr_size)
+            if family not in (socket.AF_INET, socket.AF_INET6):
+                raise DiagError(errno.EBADMSG, f"unknown address family {family}")
+            out.append(
+                SockInfo(
+                    family,
+                    state,
+                    timer,
+                    retrans,
+                    expires,
+                    _addr(family, src),
+                    socket.ntohs(sport),
+                    _addr(family, dst),
+                    socket.ntohs(dport),
+                    int.from_bytes(cookie, "little"),
+                    inode,
+                    uid,
+                    rqueue,
+                    wqueue,
+                )
+            )
+        else:
+            raise DiagError(errno.EBADMSG, f"unexpected netlink message type {kind}")
+        offset += (length + 3) & ~3
+    return out, False
+
+
+def open_diag_socket(netns_name: str | None = None) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket in namespace ``netns_name`` (None: ours)."""
+    with netns.inside(netns_name):
+        sock = socket.socket(
+            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
+        )
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
+        sock.bind((0, 0))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+_buffer = bytearray(RECV_BUFFER)
+_seq = 0
+
+
+def dump(
+    sock: socket.socket,
+    families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
+    states: int = ALL_STATES,
+) -> list[SockInfo]:
+    """Every TCP socket of ``families`` in the socket's namespace."""
+    global _seq
+    out: list[SockInfo] = []
+    view = memoryview(_buffer)
+    for family in families:
+        _seq = (_seq + 1) & 0xFFFFFFFF
+        sock.send(build_dump_request(family, states, _seq))
+        while True:
+            try:
+                n = sock.recv_into(view)
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise DiagError(exc.errno or errno.EIO, f"sock_diag recv: {exc}") from None
+            found, done = parse_messages(view[:n], _seq)
+            out.extend(found)
+            if done:
+                break
+    return out
