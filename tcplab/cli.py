@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
-import time
 from typing import Any
 
 from tcplab import logs, topology
@@ -94,13 +94,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         out.write(transcript.format_line(event, state["t0"]) + "\n")
         out.flush()
 
-    merger = transcript.Merger()
-
-    def on_event(event: dict[str, Any]) -> None:
-        merger.push(event)
-        for ready in merger.pop_ready(time.time()):
-            show(ready)
-
     if not args.json:
         print(
             f"tcplab: server close={opts.server_close}, client close={opts.client_close}, "
@@ -108,15 +101,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=out,
         )
     try:
-        result = runner.run(opts, on_event=on_event)
+        result = runner.run(opts, on_event=show)
     except KeyboardInterrupt:
         print("\ninterrupted; the lab was torn down", file=sys.stderr)
         return 130
     except topology.TopologyError as exc:
         print(f"tcplab run: {exc}", file=sys.stderr)
         return 1
-    for event in merger.drain():
-        show(event)
     for line in result.stray:
         print(f"  ! {line}", file=sys.stderr)
     if not args.json:
@@ -190,6 +181,9 @@ def cmd_lab_down(args: argparse.Namespace) -> int:
 def cmd_lab_exec(args: argparse.Namespace) -> int:
     _need_net_admin("lab exec")
     argv = list(args.command)
+    # `lab exec srv --lab ID -- CMD`: options after the side land in argv
+    while len(argv) >= 2 and argv[0] == "--lab":
+        args.lab, argv = argv[1], argv[2:]
     if argv and argv[0] == "--":
         argv = argv[1:]
     if not argv:
@@ -349,9 +343,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM both tear the lab down — even when started from a
+    # shell that ignores SIGINT for background jobs.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

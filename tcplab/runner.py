@@ -9,18 +9,20 @@ internals: the event lines are the interface.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import trio
 
 from tcplab import events, topology
+from tcplab.transcript import REORDER_WINDOW_S, Merger
 from tcplab.units import format_duration
 
 SERVER_PORT = 7007
@@ -160,9 +162,25 @@ async def run_in_lab(
     opts: RunOptions,
     on_event: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
-    """Start server then client in ``lab``; return when both have exited."""
+    """Start server then client in ``lab``; return when both have exited.
+
+    ``on_event`` gets every event line as it comes, in ``ts`` order: lines
+    are held for a short window so one from another process with an earlier
+    ``ts`` can overtake."""
     collected: list[dict[str, Any]] = []
     stray: list[str] = []
+    merger = Merger()
+
+    def deliver(final: bool = False) -> None:
+        ready = merger.drain() if final else merger.pop_ready(time.time())
+        if on_event is not None:
+            for event in ready:
+                on_event(event)
+
+    async def ticker() -> None:
+        while True:
+            await trio.sleep(REORDER_WINDOW_S / 3)
+            deliver()
 
     def make_sink(who: _Proc | None, name: str) -> Callable[[bytes], None]:
         def sink(raw: bytes) -> None:
@@ -173,10 +191,9 @@ async def run_in_lab(
                     stray.append(f"{name}: {text}")
                 return
             collected.append(event)
+            merger.push(event)
             if who is not None and event.get("event") == events.DAEMON_READY:
                 who.ready.set()
-            if on_event is not None:
-                on_event(event)
 
         return sink
 
@@ -202,35 +219,39 @@ async def run_in_lab(
     client: _Proc | None = None
     try:
         with trio.fail_after(opts.deadline):
-            async with trio.open_nursery() as nursery:
-                server = await start(
-                    "server",
-                    daemon_argv("daemons.server", lab.ns("srv"), server_args(lab, opts)),
-                    nursery,
-                )
-                with trio.fail_after(15):
-                    await _first_of(server.ready, server.exited)
-                if server.ready.is_set():
-                    client = await start(
-                        "client",
-                        daemon_argv("daemons.client", lab.ns("cli"), client_args(lab, opts)),
+            async with trio.open_nursery() as outer:
+                outer.start_soon(ticker)
+                async with trio.open_nursery() as nursery:
+                    server = await start(
+                        "server",
+                        daemon_argv("daemons.server", lab.ns("srv"), server_args(lab, opts)),
                         nursery,
                     )
-                    await client.exited.wait()
-                    # The server exits by itself once its sockets are gone or its
-                    # observe-for deadline passes; give it that long, then stop it.
-                    with trio.move_on_after(opts.observe_for + 5):
-                        await server.exited.wait()
-                    if not server.exited.is_set():
-                        server.proc.send_signal(signal.SIGTERM)
-                        with trio.move_on_after(3):
+                    with trio.fail_after(15):
+                        await _first_of(server.ready, server.exited)
+                    if server.ready.is_set():
+                        client = await start(
+                            "client",
+                            daemon_argv("daemons.client", lab.ns("cli"), client_args(lab, opts)),
+                            nursery,
+                        )
+                        await client.exited.wait()
+                        # The server exits by itself once its sockets are gone or its
+                        # observe-for deadline passes; give it that long, then stop it.
+                        with trio.move_on_after(opts.observe_for + 5):
                             await server.exited.wait()
-                if not server.exited.is_set():
-                    server.proc.kill()
+                        if not server.exited.is_set():
+                            server.proc.send_signal(signal.SIGTERM)
+                            with trio.move_on_after(3):
+                                await server.exited.wait()
+                    if not server.exited.is_set():
+                        server.proc.kill()
+                outer.cancel_scope.cancel()
     finally:
         for handle in (client, server):
             if handle is not None and handle.proc.returncode is None:
                 handle.proc.kill()
+        deliver(final=True)
     collected.sort(key=lambda e: float(e["ts"]))
     return RunResult(
         lab_id=lab.lab_id,
@@ -248,8 +269,21 @@ def run(
 ) -> RunResult:
     """Build a lab, run one conversation in it, tear it down (sync entry point)."""
     spec = spec or topology.LabSpec(sysctls=opts.sysctls)
-    with topology.lab(spec) as built:
+    with topology.lab(spec) as built, unwrap_interrupt():
         return trio.run(run_in_lab, built, opts, on_event)
+
+
+@contextlib.contextmanager
+def unwrap_interrupt() -> Iterator[None]:
+    """Ctrl-C inside a nursery arrives wrapped in an exception group; give the
+    caller the plain KeyboardInterrupt it expects."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        interrupt, _rest = group.split(KeyboardInterrupt)
+        if interrupt is not None:
+            raise KeyboardInterrupt from group
+        raise
 
 
 def wall_now() -> float:

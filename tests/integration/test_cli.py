@@ -1,0 +1,151 @@
+"""The `tcplab` command on a real kernel: lab up/exec/down, watch, run, and
+what is left after a run is interrupted or killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import trio
+
+from tcplab import events, topology
+from tests.integration.conftest import lab_leftovers
+
+TCPLAB = [sys.executable, "-m", "tcplab.cli"]
+
+
+def tcplab(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*TCPLAB, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_lab_up_exec_down() -> None:
+    up = tcplab("lab", "up", "--json")
+    assert up.returncode == 0, up.stderr
+    described = json.loads(up.stdout)
+    lab_id = described["lab"]
+    try:
+        assert described["client"]["ipv4"] == "192.0.2.1"
+        ran = tcplab(
+            "lab", "exec", "srv", "--lab", lab_id, "--", "ip", "-br", "addr", "show", "srv0"
+        )
+        assert ran.returncode == 0 and "198.51.100.1/24" in ran.stdout
+        # `clean` keeps a lab made by `lab up`
+        assert lab_id in tcplab("clean").stdout
+        assert lab_id in topology.lab_namespaces()
+    finally:
+        down = tcplab("lab", "down", "--lab", lab_id)
+    assert down.returncode == 0, down.stderr
+    assert lab_id not in topology.lab_namespaces()
+
+
+def test_lab_exec_with_no_lab_says_so() -> None:
+    if topology.lab_namespaces():
+        pytest.skip("another lab is up on this machine")
+    ran = tcplab("lab", "exec", "cli", "--", "true")
+    assert ran.returncode == 1 and "no lab is up" in ran.stderr
+
+
+async def test_watch_prints_transitions_of_any_socket(lab: topology.Lab) -> None:
+    """`tcplab watch` on the server namespace sees a listener it did not open."""
+    watch = await trio.lowlevel.open_process(
+        [
+            *TCPLAB,
+            "watch",
+            "--netns",
+            lab.ns("srv"),
+            "--port",
+            "9090",
+            "--log-format",
+            "json",
+            "--duration",
+            "20s",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    server = None
+    try:
+        assert watch.stdout is not None
+        lines: list[dict] = []
+        buf = b""
+
+        async def next_event() -> dict:
+            nonlocal buf
+            while b"\n" not in buf:
+                chunk = await watch.stdout.receive_some()  # type: ignore[union-attr]
+                assert chunk, "watch exited"
+                buf += chunk
+            line, _, buf = buf.partition(b"\n")
+            event = events.parse_line(line)
+            assert event is not None, line
+            lines.append(event)
+            return event
+
+        with trio.fail_after(15):
+            while (await next_event())["event"] != events.OBSERVER_START:
+                pass
+            server = subprocess.Popen(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    lab.ns("srv"),
+                    sys.executable,
+                    "-c",
+                    "import socket,time; s=socket.socket(); s.bind(('198.51.100.1',9090)); "
+                    "s.listen(); time.sleep(30)",
+                ]
+            )
+            while True:
+                event = await next_event()
+                if event["event"] == events.TCP_STATE:
+                    break
+        assert (event["old"], event["new"], event["source"]) == ("CLOSED", "LISTEN", "poll")
+        assert event["conn"] == "198.51.100.1:9090"
+    finally:
+        watch.kill()
+        await watch.wait()
+        if server is not None:
+            server.kill()
+            server.wait()
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_leaves_nothing_after_clean(how: signal.Signals) -> None:
+    before = lab_leftovers()
+    with subprocess.Popen(
+        [*TCPLAB, "run", "--server-close", "never", "--observe-for", "30s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            # wait until the conversation is under way (the server leaks CLOSE_WAIT)
+            deadline = time.monotonic() + 30
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                if "CLOSE_WAIT" in line:
+                    break
+                assert time.monotonic() < deadline, "run never reached CLOSE_WAIT"
+            assert lab_leftovers() - before, "the run's lab should exist while it runs"
+            proc.send_signal(how)
+            proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if how == signal.SIGINT:
+        assert proc.returncode == 130
+        assert lab_leftovers() == before  # torn down by the run itself
+    # after SIGKILL the daemons and namespaces are left; `clean` removes them
+    tcplab("clean")
+    assert lab_leftovers() == before
+    leftover_daemons = subprocess.run(
+        ["pgrep", "-f", "daemons.(server|client)"], capture_output=True, text=True
+    ).stdout.split()
+    assert str(os.getpid()) not in leftover_daemons
+    assert leftover_daemons == []
