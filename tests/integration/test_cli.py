@@ -88,7 +88,7 @@ async def test_watch_prints_transitions_of_any_socket(lab: topology.Lab) -> None
         with trio.fail_after(15):
             while (await next_event())["event"] != events.OBSERVER_START:
                 pass
-            server = subprocess.Popen(
+            server = await trio.lowlevel.open_process(
                 [
                     "ip",
                     "netns",
@@ -111,7 +111,7 @@ async def test_watch_prints_transitions_of_any_socket(lab: topology.Lab) -> None
         await watch.wait()
         if server is not None:
             server.kill()
-            server.wait()
+            await server.wait()
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
