@@ -143,17 +143,20 @@ class Server:
         async with trio.open_nursery() as nursery:
             try:
                 while self.args.max_conns is None or self.handled < self.args.max_conns:
-                    conn, _ = await listener.accept()
+                    conn, peer = await listener.accept()
                     self.handled += 1
-                    nursery.start_soon(self.handle, conn)
+                    nursery.start_soon(self.handle, conn, peer)
             finally:
                 listener.close()
                 self.log.info(events.APP_CLOSE, local=events.endpoint(host, port), how="listener")
         self.done.set()
 
-    async def handle(self, sock: trio.socket.SocketType) -> None:
-        key = common.sock_key(sock)
-        conn = events.conn_id(key[2], key[3], key[0], key[1])
+    async def handle(self, sock: trio.socket.SocketType, peer: tuple[str, int]) -> None:
+        # The peer may already have reset the connection (getpeername would
+        # fail): take its address from accept().
+        local = sock.getsockname()
+        key = (local[0], local[1], peer[0], peer[1])
+        conn = events.conn_id(peer[0], peer[1], local[0], local[1])
         log = self.log.bind(conn=conn)
         log.info(events.APP_ACCEPT)
         self.observer.note(key)

@@ -9,6 +9,7 @@ by a poll.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import trio
@@ -219,3 +220,65 @@ async def test_many_connections_in_parallel() -> None:
     done = result.of("client", events.CONVERSATION_DONE)
     assert len(done) == 20 and all(d["ok"] for d in done)
     assert sorted(remaining(result, "client")) == ["TIME_WAIT"] * 20
+
+
+async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> None:
+    """Hostile clients: an over-long line, a client that resets mid-message,
+    one that connects and says nothing.  The server logs each and still
+    serves a well-behaved client afterwards."""
+    import socket
+    import struct
+
+    from tcplab import netns
+
+    with trio.fail_after(DEADLINE), topology.lab() as lab:
+        server_argv = runner.daemon_argv(
+            "daemons.server",
+            lab.ns("srv"),
+            ["--listen", "198.51.100.1:7007", "--max-message", "64", "--idle-timeout", "300ms"],
+        )
+        # A file, not a pipe: nobody reads while the server runs, and its
+        # observer logs enough to fill a pipe and block it.
+        log_path = tmp_path / "server.jsonl"
+        log_file = log_path.open("wb")
+        server = await trio.lowlevel.open_process(server_argv, stdout=log_file)
+        try:
+            with netns.inside(lab.ns("cli")):
+                socks = [trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(3)]
+            garbage, resetter, silent = socks
+            while True:
+                try:
+                    await garbage.connect(("198.51.100.1", 7007))
+                    break
+                except OSError:
+                    await trio.sleep(0.05)
+            await garbage.send(b"\xff" * 200)
+            await resetter.connect(("198.51.100.1", 7007))
+            await resetter.send(b"half a line")
+            resetter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            resetter.close()
+            await silent.connect(("198.51.100.1", 7007))
+            # the server drops the silent one after its idle timeout: we see EOF
+            assert await silent.recv(10) == b""
+            garbage.close()
+            silent.close()
+            client = await trio.run_process(
+                runner.daemon_argv(
+                    "daemons.client",
+                    lab.ns("cli"),
+                    ["--connect", "198.51.100.1:7007", "--observe-for", "200ms"],
+                ),
+                capture_stdout=True,
+                check=False,
+            )
+            assert client.returncode == 0, client.stdout.decode()
+        finally:
+            server.terminate()
+            await server.wait()
+            log_file.close()
+    raw = log_path.read_bytes()
+    lines = [events.parse_line(line) for line in raw.splitlines()]
+    errors = {e["how"] for e in lines if e and e["event"] == events.APP_ERROR}
+    assert {"EMSGSIZE", "idle"} <= errors, errors
+    accepts = [e for e in lines if e and e["event"] == events.APP_ACCEPT]
+    assert len(accepts) == 4
