@@ -71,6 +71,13 @@ class Observer:
         self.polls = 0
         self._changed = trio.Event()
         self._sock: socket.socket | None = None
+        # ident -> snapshot (None: a socket we do not watch), the previous
+        # poll's idents with their timer values, and each watched key's ident
+        self._cache: dict[sockdiag.Ident, Snapshot | None] = {}
+        self._idents: dict[sockdiag.Ident, int] = {}
+        self._expires: dict[sockdiag.Ident, int] = {}
+        self._expires_at = 0.0
+        self._ident_of: dict[Key, sockdiag.Ident] = {}
 
     def note(self, key: Key, *facts: Fact) -> None:
         """The program just did something to socket ``key`` (and so knows
@@ -82,27 +89,58 @@ class Observer:
             self.poll_once()
 
     def poll_once(self) -> list[Change]:
-        """One dump and diff (blocking; a small dump takes tens of µs)."""
+        """One dump and diff (blocking; a small dump takes tens of µs).
+
+        Steady state is cheap: sockets are compared by their raw ident
+        (state, timer, retrans, ports, addresses); when the set of idents is
+        the one of the previous poll, nothing changed and nothing is decoded.
+        """
         if self._sock is None:
             self._sock = sockdiag.open_diag_socket(self.netns)
         now = time.time()
-        snapshot: dict[Key, Snapshot] = {}
-        for info in sockdiag.dump(self._sock):
-            if self.match(info):
-                snap = _snapshot(info)
-                # During the TIME_WAIT hand-over a dump can list the full
-                # socket and its timewait successor; keep the later state.
-                prev = snapshot.get(snap.key)
-                if prev is None or _later(snap.state, prev.state):
-                    snapshot[snap.key] = snap
+        current = dict(sockdiag.dump_idents(self._sock))
         self.polls += 1
+        self._expires = current
+        self._expires_at = now
+        if current.keys() == self._idents.keys():
+            return []
+        cache = self._cache
+        snapshot: dict[Key, Snapshot] = {}
+        for ident, expires in current.items():
+            if ident in cache:
+                snap = cache[ident]
+            else:
+                info = sockdiag.decode_ident(ident, expires)
+                snap = _snapshot(info) if self.match(info) else None
+                cache[ident] = snap
+            if snap is None:
+                continue
+            # During the TIME_WAIT hand-over a dump can list the full
+            # socket and its timewait successor; keep the later state.
+            prev = snapshot.get(snap.key)
+            if prev is None or _later(snap.state, prev.state):
+                snapshot[snap.key] = snap
+                self._ident_of[snap.key] = ident
+        self._idents = current
+        if len(cache) > 2 * len(current) + 1024:
+            self._cache = {ident: cache[ident] for ident in current}
         changes = self.tracker.update(snapshot, now)
         for change in changes:
             events.emit(self.log, change.record, ts=round(change.ts, 6))
+        for key in [k for k in self._ident_of if k not in snapshot]:
+            del self._ident_of[key]
         if changes:
             self._changed.set()
             self._changed = trio.Event()
         return changes
+
+    def expires_ms(self, key: Key) -> int | None:
+        """What is left of ``key``'s timer now (TIME_WAIT: of its 60 s)."""
+        ident = self._ident_of.get(key)
+        expires = self._expires.get(ident) if ident is not None else None
+        if expires is None:
+            return None
+        return max(0, expires - round((time.time() - self._expires_at) * 1000))
 
     @property
     def live(self) -> dict[Key, str]:
@@ -140,7 +178,7 @@ class Observer:
                     "conn": self.tracker.conn_of(key, role),
                     "state": state,
                     "timer": snap.timer if snap else "off",
-                    "expires_ms": snap.expires_ms if snap else None,
+                    "expires_ms": self.expires_ms(key) if snap and snap.timer != "off" else None,
                 }
             )
         return out

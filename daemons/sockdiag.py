@@ -29,7 +29,8 @@ import dataclasses
 import errno
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 from tcplab import netns
 
@@ -56,6 +57,7 @@ _MSG_PORTS = struct.Struct("!HH")
 _ERRNO = struct.Struct("=i")
 
 RECV_BUFFER = 1 << 20
+_T = TypeVar("_T")
 
 
 class DiagError(OSError):
@@ -130,6 +132,76 @@ def encode_error(code: int, seq: int = 1) -> bytes:
     request = build_dump_request(socket.AF_INET, seq=seq)[: _NLMSGHDR.size]
     body = _ERRNO.pack(-code) + request
     return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), NLMSG_ERROR, 0, seq, 0) + body
+
+
+# The observer's fast path reads only a socket's "ident" — family, state,
+# timer, retrans, ports and addresses as raw bytes — and its timer: while the
+# ident is unchanged, nothing the observer reports about the socket changed
+# (only the countdown), and it need not be decoded again.  One unpack per
+# message: nlmsghdr, ident, if, cookie, expires.
+_HEAD = struct.Struct("=IHHII40sI8sI")
+
+Ident = bytes
+"""The raw family/state/timer/retrans/ports/addresses of one socket."""
+
+
+def scan_messages(
+    data: bytes | memoryview, seq: int | None = None
+) -> tuple[list[tuple[Ident, int]], bool]:
+    """Like :func:`parse_messages`, but without decoding: ``(ident, expires)``
+    per socket (see :func:`decode_ident`), and whether the dump ended.
+    Anything but a plain inet_diag reply (the final NLMSG_DONE, an error,
+    something malformed) is left to :func:`parse_messages`."""
+    view = memoryview(data)
+    end = len(view)
+    offset = 0
+    out: list[tuple[Ident, int]] = []
+    append = out.append
+    unpack = _HEAD.unpack_from
+    need = _HEAD.size
+    full = _NLMSGHDR.size + _MSG.size
+    while end - offset >= need:
+        length, kind, _flags, msg_seq, _pid, ident, _if, _cookie, expires = unpack(view, offset)
+        if (
+            kind != SOCK_DIAG_BY_FAMILY
+            or length < full
+            or offset + length > end
+            or (seq is not None and msg_seq != seq)
+        ):
+            break
+        append((ident, expires))
+        offset += (length + 3) & ~3
+    if offset == end:
+        return out, False
+    infos, done = parse_messages(view[offset:], seq)
+    out.extend((ident_of(info), info.expires_ms) for info in infos)
+    return out, done
+
+
+def ident_of(info: SockInfo) -> Ident:
+    """The ident :func:`scan_messages` gives for ``info``."""
+    return encode_inet_diag_msg(info)[_NLMSGHDR.size : _NLMSGHDR.size + 40]
+
+
+_IDENT = struct.Struct("=BBBB2H16s16s")
+
+
+def decode_ident(ident: Ident, expires_ms: int = 0) -> SockInfo:
+    """The socket behind an ident (cookie, inode, uid and queues left 0)."""
+    family, state, timer, retrans, sport, dport, src, dst = _IDENT.unpack(ident)
+    if family not in (socket.AF_INET, socket.AF_INET6):
+        raise DiagError(errno.EBADMSG, f"unknown address family {family}")
+    return SockInfo(
+        family,
+        state,
+        timer,
+        retrans,
+        expires_ms,
+        _addr(family, src),
+        socket.ntohs(sport),
+        _addr(family, dst),
+        socket.ntohs(dport),
+    )
 
 
 _ntop_cache: dict[bytes, str] = {}
@@ -243,21 +315,39 @@ def dump(
     states: int = ALL_STATES,
 ) -> list[SockInfo]:
     """Every TCP socket of ``families`` in the socket's namespace."""
+    return _dump(sock, families, states, parse_messages)
+
+
+def dump_idents(
+    sock: socket.socket,
+    families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
+    states: int = ALL_STATES,
+) -> list[tuple[Ident, int]]:
+    """Every TCP socket as ``(ident, expires_ms)`` — the observer's fast path."""
+    return _dump(sock, families, states, scan_messages)
+
+
+def _dump(
+    sock: socket.socket,
+    families: Iterable[int],
+    states: int,
+    decode: Callable[[memoryview, int], tuple[list[_T], bool]],
+) -> list[_T]:
+    """One dump request per family; decode each reply datagram until NLMSG_DONE."""
     global _seq
-    out: list[SockInfo] = []
+    out: list[_T] = []
     view = memoryview(_buffer)
     for family in families:
         _seq = (_seq + 1) & 0xFFFFFFFF
         sock.send(build_dump_request(family, states, _seq))
-        while True:
+        done = False
+        while not done:
             try:
                 n = sock.recv_into(view)
             except InterruptedError:
                 continue
             except OSError as exc:
                 raise DiagError(exc.errno or errno.EIO, f"sock_diag recv: {exc}") from None
-            found, done = parse_messages(view[:n], _seq)
+            found, done = decode(view[:n], _seq)
             out.extend(found)
-            if done:
-                break
     return out

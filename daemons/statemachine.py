@@ -29,6 +29,7 @@ closed-but-not-freed socket as ``CLOSE``; it is folded into ``CLOSED`` here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
@@ -101,6 +102,21 @@ def candidate_paths(
     history: frozenset[str] = frozenset(),
     vouched: bool = False,
 ) -> list[list[str]]:
+    """The shortest state paths ``old → … → new`` consistent with what we know
+    (see :func:`_search`).  Memoized: a poll that finds thousands of new
+    sockets asks the same few questions thousands of times."""
+    return [list(p) for p in _search(old, new, role, facts, history, vouched)]
+
+
+@functools.lru_cache(maxsize=4096)
+def _search(
+    old: str,
+    new: str,
+    role: str | None,
+    facts: frozenset[Fact],
+    history: frozenset[str],
+    vouched: bool,
+) -> tuple[tuple[str, ...], ...]:
     """The shortest state paths ``old → … → new`` consistent with what we know.
 
     ``history`` is every state the socket is known to have been in before
@@ -128,9 +144,9 @@ def candidate_paths(
                 else:
                     nxt.append((grown, kind))
         if best:
-            return _prefer_reset(best, facts)
+            return tuple(tuple(p) for p in _prefer_reset(best, facts))
         frontier = nxt
-    return []
+    return ()
 
 
 def _prefer_reset(paths: list[list[str]], facts: frozenset[Fact]) -> list[list[str]]:

@@ -164,3 +164,31 @@ def test_garbage_raises_only_diag_error(data: bytes) -> None:
         sockdiag.parse_messages(data)
     except sockdiag.DiagError:
         pass
+
+
+@pytest.mark.parametrize("name", ["inet.bin", "inet6.bin"])
+def test_scan_agrees_with_the_full_decoder(name: str) -> None:
+    raw = (FIXTURES / name).read_bytes()
+    infos, done = sockdiag.parse_messages(raw, seq=1)
+    scanned, scan_done = sockdiag.scan_messages(raw, seq=1)
+    assert done and scan_done
+    assert [expires for _, expires in scanned] == [i.expires_ms for i in infos]
+    for (ident, expires), info in zip(scanned, infos, strict=True):
+        decoded = sockdiag.decode_ident(ident, expires)
+        assert decoded.key == info.key
+        assert (decoded.state, decoded.timer, decoded.retrans) == (
+            info.state,
+            info.timer,
+            info.retrans,
+        )
+        assert sockdiag.ident_of(info) == ident
+
+
+@given(st.binary(max_size=400))
+def test_scan_garbage_raises_only_diag_error(data: bytes) -> None:
+    raw = (FIXTURES / "inet.bin").read_bytes()
+    for buffer in (data, raw[: len(data)], raw[:88] + data):
+        try:
+            sockdiag.scan_messages(buffer)
+        except sockdiag.DiagError:
+            pass
