@@ -71,6 +71,8 @@ LAB_CLEAN: Final = "lab_clean"
 CONVERSATION_DONE: Final = "conversation_done"
 """client: one connection's scripted conversation ended (``ok``, ``error``)."""
 FRAME_DROPPED: Final = "frame_dropped"
+RULES_CHANGED: Final = "rules_changed"
+"""proxy: the rules changed at run time (``op``: add, rm, clear, release, pace)."""
 """proxy: a frame was not forwarded for a reason other than a rule (too big…)."""
 
 KNOWN_EVENTS: Final = frozenset(
@@ -86,6 +88,7 @@ KNOWN_EVENTS: Final = frozenset(
         LAB_CLEAN,
         CONVERSATION_DONE,
         FRAME_DROPPED,
+        RULES_CHANGED,
     }
     | APP_EVENTS
 )
@@ -211,9 +214,15 @@ class Segment:
     rack: int
     len: int
     tags: tuple[str, ...] = ()
-    verdict: Literal["pass", "drop", "delay", "hold", "duplicate", "reset"] = "pass"
+    verdict: Literal["pass", "drop", "delay", "hold", "duplicate", "reset", "release", "inject"] = (
+        "pass"
+    )
+    """``release``: a held segment let go; ``inject``: a segment the proxy
+    made (the RSTs of a ``reset`` rule)."""
     rule: str | None = None
     delay_ms: float | None = None
+    conn_number: int | None = None
+    """The connection's number in the order the proxy first saw them (1, 2…)."""
 
     event: str = dataclasses.field(default=SEGMENT, init=False)
 

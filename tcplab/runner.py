@@ -46,6 +46,13 @@ class RunOptions:
     deadline: float = 120.0
     server_extra: tuple[str, ...] = ()
     client_extra: tuple[str, ...] = ()
+    forwarding: topology.Forwarding = topology.Forwarding.PROXY
+    """Who forwards in the middle: the proxy (default), or the kernel."""
+    proxy_args: tuple[str, ...] = ()
+    """Rules and options for the proxy (``--drop syn-ack@1``, ``--pace 100ms``…)."""
+    pcap: str | None = None
+    control: str | None = None
+    """The proxy's control socket; default ``/run/tcplab/<lab>.proxy.sock``."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -54,6 +61,7 @@ class RunResult:
     events: list[dict[str, Any]]
     client_status: int | None
     server_status: int | None
+    proxy_status: int | None
     stray: list[str]
     """Lines from the daemons that were not events (tracebacks, warnings)."""
 
@@ -95,6 +103,19 @@ def server_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
     if opts.farewell is not None:
         args += ["--farewell", opts.farewell]
     return [*args, *opts.server_extra]
+
+
+def proxy_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
+    args = ["--front", topology.FRONT_IF, "--back", topology.BACK_IF]
+    args += ["--control", opts.control or str(control_path(lab))]
+    if opts.pcap:
+        args += ["--pcap", opts.pcap]
+    return [*args, *opts.proxy_args]
+
+
+def control_path(lab: topology.Lab) -> str:
+    """Where a lab's proxy listens for control requests."""
+    return str(topology.RECORD_DIR / f"{lab.lab_id}.proxy.sock")
 
 
 def client_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
@@ -170,6 +191,8 @@ async def run_in_lab(
     collected: list[dict[str, Any]] = []
     stray: list[str] = []
     merger = Merger()
+    # one forwarder in the middle, never two (every segment would arrive twice)
+    topology.set_forwarding(lab, opts.forwarding)
 
     def deliver(final: bool = False) -> None:
         ready = merger.drain() if final else merger.pop_ready(time.time())
@@ -217,11 +240,24 @@ async def run_in_lab(
 
     server: _Proc | None = None
     client: _Proc | None = None
+    proxy: _Proc | None = None
     try:
         with trio.fail_after(opts.deadline):
             async with trio.open_nursery() as outer:
                 outer.start_soon(ticker)
+                if opts.forwarding is topology.Forwarding.PROXY:
+                    proxy = await start(
+                        "proxy",
+                        daemon_argv("proxy", lab.ns("mbx"), proxy_args(lab, opts)),
+                        outer,
+                    )
+                    with trio.fail_after(15):
+                        await _first_of(proxy.ready, proxy.exited)
+                    if not proxy.ready.is_set():
+                        outer.cancel_scope.cancel()
                 async with trio.open_nursery() as nursery:
+                    if proxy is not None and not proxy.ready.is_set():
+                        return _result(lab, collected, client, server, proxy, stray)
                     server = await start(
                         "server",
                         daemon_argv("daemons.server", lab.ns("srv"), server_args(lab, opts)),
@@ -246,18 +282,35 @@ async def run_in_lab(
                                 await server.exited.wait()
                     if not server.exited.is_set():
                         server.proc.kill()
+                if proxy is not None:
+                    # the proxy logs its counters as it stops
+                    proxy.proc.send_signal(signal.SIGTERM)
+                    with trio.move_on_after(5):
+                        await proxy.exited.wait()
                 outer.cancel_scope.cancel()
     finally:
-        for handle in (client, server):
+        for handle in (client, server, proxy):
             if handle is not None and handle.proc.returncode is None:
                 handle.proc.kill()
         deliver(final=True)
+    return _result(lab, collected, client, server, proxy, stray)
+
+
+def _result(
+    lab: topology.Lab,
+    collected: list[dict[str, Any]],
+    client: _Proc | None,
+    server: _Proc | None,
+    proxy: _Proc | None,
+    stray: list[str],
+) -> RunResult:
     collected.sort(key=lambda e: float(e["ts"]))
     return RunResult(
         lab_id=lab.lab_id,
         events=collected,
         client_status=client.proc.returncode if client else None,
         server_status=server.proc.returncode if server else None,
+        proxy_status=proxy.proc.returncode if proxy else None,
         stray=stray,
     )
 
@@ -268,7 +321,7 @@ def run(
     spec: topology.LabSpec | None = None,
 ) -> RunResult:
     """Build a lab, run one conversation in it, tear it down (sync entry point)."""
-    spec = spec or topology.LabSpec(sysctls=opts.sysctls)
+    spec = spec or topology.LabSpec(forwarding=opts.forwarding, sysctls=opts.sysctls)
     with topology.lab(spec) as built, unwrap_interrupt():
         return trio.run(run_in_lab, built, opts, on_event)
 

@@ -1,0 +1,210 @@
+"""``python -m proxy``: the middlebox daemon.
+
+    python -m proxy --netns tl1a2b3c-mbx --front mc0 --back ms0 \\
+        --drop syn-ack@1 --delay client:fin@1=2s --pace 100ms \\
+        --pcap run.pcapng --control /run/tcplab/1a2b3c.proxy.sock
+
+Forwards every frame between ``--front`` (the client side) and ``--back``
+(the server side), applies the rules, logs a ``segment`` event per TCP
+segment, serves the control socket, and on SIGTERM / Ctrl-C logs
+``daemon_done`` with its counters and exits 0.  Exit 2: bad arguments or
+rules (the message names which); nothing was started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from proxy import capture, control, forward, rules
+from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
+from proxy.neighbours import RouteTable
+from tcplab import events, logs, netns
+
+RULE_ACTIONS = ("drop", "delay", "hold", "duplicate", "reset")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m proxy", description="tcplab middlebox: forwards frames, applies faults"
+    )
+    parser.add_argument("--netns", help="enter this network namespace first")
+    parser.add_argument("--front", default="mc0", help="client-side interface (default mc0)")
+    parser.add_argument("--back", default="ms0", help="server-side interface (default ms0)")
+    add_rule_options(parser)
+    parser.add_argument("--rules", type=Path, help="a TOML file with [[rules]] tables")
+    parser.add_argument("--pcap", type=Path, help="write every frame seen to this pcapng file")
+    parser.add_argument("--control", type=Path, help="serve the control API on this Unix socket")
+    parser.add_argument(
+        "--log-segments",
+        choices=LOG_SEGMENT_MODES,
+        default="all",
+        help="all: every segment; control: handshake, teardown, resets, retransmits "
+        "and any segment a rule touched; none",
+    )
+    parser.add_argument("--log-format", choices=logs.FORMATS, default="auto")
+    return parser.parse_args(argv)
+
+
+def add_rule_options(parser: argparse.ArgumentParser) -> None:
+    """``--drop/--delay/--hold/--duplicate/--reset RULE`` and ``--pace D``
+    (shared with ``tcplab run`` and ``tcplab lab up``)."""
+    group = parser.add_argument_group(
+        "faults (repeatable; TAG[@N[,N]][#CONN], from: client:/server:)"
+    )
+    group.add_argument("--drop", action="append", default=[], metavar="RULE", help="e.g. syn-ack@1")
+    group.add_argument(
+        "--delay", action="append", default=[], metavar="RULE=D", help="e.g. client:fin@1=2s"
+    )
+    group.add_argument(
+        "--hold", action="append", default=[], metavar="RULE", help="keep until released"
+    )
+    group.add_argument("--duplicate", action="append", default=[], metavar="RULE")
+    group.add_argument(
+        "--reset", action="append", default=[], metavar="RULE", help="answer with RST both ways"
+    )
+    group.add_argument("--pace", metavar="D", help="delay every segment by D (slow motion)")
+
+
+def rules_from_args(args: argparse.Namespace) -> tuple[list[rules.Rule], float | None]:
+    """The rules the options ask for; RuleError names the bad option."""
+    out: list[rules.Rule] = []
+    for action in RULE_ACTIONS:
+        for text in getattr(args, action):
+            out.append(rules.parse_cli(action, text))
+    pace = rules.parse_pace(args.pace) if args.pace else None
+    return out, pace
+
+
+def rule_argv(args: argparse.Namespace) -> list[str]:
+    """The options again, to pass on to a proxy process."""
+    argv: list[str] = []
+    for action in RULE_ACTIONS:
+        for text in getattr(args, action):
+            argv += [f"--{action}", text]
+    if args.pace:
+        argv += ["--pace", args.pace]
+    return argv
+
+
+def rules_from_file(path: Path) -> list[rules.Rule]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise rules.RuleError(f"{path}: {exc}") from None
+    tables = data.get("rules", [])
+    if not isinstance(tables, list):
+        raise rules.RuleError(f"{path}: 'rules' must be an array of tables ([[rules]])")
+    return [rules.parse_table(t, f"{path}: [[rules]] #{i}") for i, t in enumerate(tables, 1)]
+
+
+async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) -> int:
+    ports, routes, known = forward.discover([args.front, args.back])
+    middlebox = Middlebox(
+        ports,
+        routes=RouteTable(ports, routes),
+        engine=engine,
+        log_segments=args.log_segments,
+    )
+    for port_name, ip, mac in known:
+        middlebox.neighbours.learn(port_name, ip, mac, trio.current_time())
+    interfaces = []
+    for port in ports:
+        sock, index = forward.open_packet_socket(port.name)
+        interfaces.append(forward.Interface(port, index, sock))
+    pcap_file = args.pcap.open("wb") if args.pcap else None
+    writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
+    emit = forward.log_events(log)
+
+    def on_frame(port: str, frame: bytes | bytearray | memoryview, out: Output) -> None:
+        assert writer is not None
+        writer.write(port, frame, capture.comment_for(out.segment))
+        for injected_port, injected, fields in out.injected:
+            writer.write(injected_port, injected, capture.comment_for(fields), inbound=False)
+
+    forwarder = forward.Forwarder(
+        middlebox, interfaces, on_events=emit, on_frame=on_frame if writer else None
+    )
+    status = "ok"
+    try:
+        async with trio.open_nursery() as nursery:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+                async def on_signal() -> None:
+                    nonlocal status
+                    async for signum in signals:
+                        status = "terminated" if signum == signal.SIGTERM else "interrupted"
+                        nursery.cancel_scope.cancel()
+
+                nursery.start_soon(on_signal)
+                await nursery.start(forwarder.run)
+                if args.control:
+                    controller = control.Controller(
+                        middlebox,
+                        release=forwarder.release,
+                        changed=forwarder.changed,
+                        log=log,
+                    )
+                    await nursery.start(control.serve, args.control, controller)
+                log.info(
+                    events.DAEMON_READY,
+                    front=args.front,
+                    back=args.back,
+                    rules=engine.describe(),
+                    pace_ms=engine.pace * 1000 if engine.pace else None,
+                    control=str(args.control) if args.control else None,
+                    pcap=str(args.pcap) if args.pcap else None,
+                )
+                # keep the signal receiver installed for as long as we forward
+                await trio.sleep_forever()
+    finally:
+        for iface in interfaces:
+            iface.sock.close()
+        if pcap_file is not None:
+            pcap_file.close()
+        log.info(
+            events.DAEMON_DONE,
+            status=status,
+            counters=middlebox.counters,
+            held_lost=len(middlebox.held),
+            delayed_lost=len(middlebox.delayed),
+            send_errors=forwarder.send_errors,
+            captured=writer.packets if writer else None,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        parsed, pace = rules_from_args(args)
+        if args.rules:
+            parsed = rules_from_file(args.rules) + parsed
+        engine = rules.RuleEngine(parsed, pace=pace)
+    except rules.RuleError as exc:
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 2
+    if args.netns:
+        try:
+            netns.enter(args.netns)
+        except OSError as exc:
+            print(f"proxy: cannot enter network namespace {args.netns!r}: {exc}", file=sys.stderr)
+            return 2
+    logs.configure("proxy", args.log_format)
+    log = logs.get_logger()
+    try:
+        return trio.run(amain, args, log, engine)
+    except (OSError, ValueError) as exc:
+        log.error(events.DAEMON_DONE, status="error", error=str(exc))
+        print(f"proxy: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

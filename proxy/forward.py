@@ -1,0 +1,243 @@
+"""The proxy's I/O shell: AF_PACKET sockets on the middlebox's ports, a clock,
+and a :class:`~proxy.middlebox.Middlebox` that decides.
+
+One trio task per port waits until its socket is readable and then drains
+it in a batch (up to :data:`BATCH` frames without yielding), handing each
+frame to the middlebox and sending what it returns; one timer task sleeps
+until the next delayed frame or ARP retry is due.  Nothing here decides
+anything.
+
+Sockets:
+
+- ``PACKET_AUXDATA`` on, so each frame comes with the kernel's
+  ``tp_status``: ``TP_STATUS_CSUMNOTREADY`` marks a frame whose checksum was
+  left for offload, which the middlebox then completes;
+- ``PACKET_IGNORE_OUTGOING`` on, so the frames we (and the middlebox's
+  kernel) send are not read back;
+- ``PACKET_QDISC_BYPASS`` on: forwarded frames go straight to the driver.
+
+The middlebox's kernel keeps IP forwarding off (it would forward every
+segment a second time); it still answers ARP/ND and pings for its own
+addresses, which the proxy leaves alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import ipaddress
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import trio
+
+from proxy.middlebox import Middlebox, Output
+from proxy.neighbours import Port, Route
+
+# include/uapi/linux/if_ether.h, include/uapi/linux/if_packet.h
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+PACKET_QDISC_BYPASS = 20
+PACKET_IGNORE_OUTGOING = 23
+TP_STATUS_CSUMNOTREADY = 1 << 3
+TP_STATUS_VLAN_VALID = 1 << 4
+_AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+
+BATCH = 256
+"""Frames handled per wakeup before yielding to the other tasks."""
+FRAME_BUFFER = 65536 + 64
+SOCKET_BUFFER = 8 << 20
+# include/uapi/asm-generic/socket.h (not exported by the socket module)
+SO_SNDBUFFORCE = 32
+SO_RCVBUFFORCE = 33
+
+
+@dataclasses.dataclass(slots=True)
+class Interface:
+    """A port with its socket."""
+
+    port: Port
+    index: int
+    sock: socket.socket
+
+
+def discover(names: Iterable[str]) -> tuple[list[Port], list[Route], list[tuple[str, str, bytes]]]:
+    """Read the ports, routes and known neighbours of the current namespace
+    (blocking pyroute2 calls: done once, before forwarding starts)."""
+    from pyroute2 import IPRoute
+
+    wanted = list(names)
+    ports: list[Port] = []
+    routes: list[Route] = []
+    neighbours: list[tuple[str, str, bytes]] = []
+    with IPRoute() as ip:
+        by_index: dict[int, str] = {}
+        for name in wanted:
+            found = ip.link_lookup(ifname=name)
+            if not found:
+                raise ValueError(f"no interface named {name!r} in this namespace")
+            index = found[0]
+            link = ip.get_links(index)[0]
+            mac = bytes.fromhex(link.get_attr("IFLA_ADDRESS").replace(":", ""))
+            addrs: list[ipaddress.IPv4Interface | ipaddress.IPv6Interface] = []
+            for msg in ip.get_addr(index=index):
+                addrs.append(
+                    ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+                )
+            ports.append(Port(name, mac, int(link.get_attr("IFLA_MTU")), tuple(addrs)))
+            by_index[index] = name
+        for family in (socket.AF_INET, socket.AF_INET6):
+            for msg in ip.get_routes(family=family, table=254):
+                oif = msg.get_attr("RTA_OIF")
+                gateway = msg.get_attr("RTA_GATEWAY")
+                if oif not in by_index or gateway is None:
+                    continue
+                dst = msg.get_attr("RTA_DST") or ("0.0.0.0" if family == socket.AF_INET else "::")
+                routes.append(
+                    Route(
+                        ipaddress.ip_network(f"{dst}/{msg['dst_len']}"),
+                        by_index[oif],
+                        ipaddress.ip_address(gateway),
+                    )
+                )
+        for msg in ip.get_neighbours():
+            owner = by_index.get(msg["ifindex"])
+            lladdr = msg.get_attr("NDA_LLADDR")
+            dst = msg.get_attr("NDA_DST")
+            # NUD_REACHABLE 0x02, NUD_STALE 0x04, NUD_PERMANENT 0x80 (neighbour.h)
+            if owner and lladdr and dst and msg["state"] & (0x02 | 0x04 | 0x80):
+                neighbours.append((owner, dst, bytes.fromhex(lladdr.replace(":", ""))))
+    return ports, routes, neighbours
+
+
+def open_packet_socket(ifname: str) -> tuple[socket.socket, int]:
+    """A non-blocking AF_PACKET socket bound to ``ifname``, and its index."""
+    sock = socket.socket(
+        socket.AF_PACKET,
+        socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+        socket.htons(ETH_P_ALL),
+    )
+    try:
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        try:
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        except OSError as exc:  # Linux < 4.20
+            raise OSError(exc.errno, "PACKET_IGNORE_OUTGOING needs Linux >= 4.20") from exc
+        sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        for option in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
+            except PermissionError:
+                pass  # without CAP_NET_ADMIN the default buffers will do
+        sock.bind((ifname, ETH_P_ALL))
+        return sock, socket.if_nametoindex(ifname)
+    except OSError:
+        sock.close()
+        raise
+
+
+class Forwarder:
+    """Runs a :class:`Middlebox` over real sockets."""
+
+    def __init__(
+        self,
+        middlebox: Middlebox,
+        interfaces: Iterable[Interface],
+        *,
+        on_events: Callable[[Output], None],
+        on_frame: Callable[[str, bytes | bytearray | memoryview, Output], None] | None = None,
+    ) -> None:
+        self.middlebox = middlebox
+        self.interfaces = {i.port.name: i for i in interfaces}
+        self.on_events = on_events
+        self.on_frame = on_frame
+        self.send_errors = 0
+        self._wake = trio.Event()
+        self._timer_at = float("inf")
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            for iface in self.interfaces.values():
+                nursery.start_soon(self._read_loop, iface)
+            nursery.start_soon(self._timer_loop)
+            task_status.started()
+
+    def release(self, rule: str | None = None) -> int:
+        """Let held segments go now; returns how many."""
+        out = self.middlebox.release(trio.current_time(), rule)
+        self._deliver(out)
+        return len(out.frames)
+
+    def changed(self) -> None:
+        """The rules changed: re-plan the timer."""
+        self._wake.set()
+
+    async def _read_loop(self, iface: Interface) -> None:
+        sock = iface.sock
+        name = iface.port.name
+        buffer = bytearray(FRAME_BUFFER)
+        view = memoryview(buffer)
+        anc_size = socket.CMSG_SPACE(_AUXDATA.size)
+        receive = self.middlebox.receive
+        on_frame = self.on_frame
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            for _ in range(BATCH):
+                try:
+                    size, ancdata, _flags, _addr = sock.recvmsg_into([view], anc_size)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno in (errno.ENETDOWN, errno.ENXIO):
+                        raise
+                    continue
+                not_ready = False
+                for level, kind, data in ancdata:
+                    if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 4:
+                        not_ready = bool(
+                            int.from_bytes(data[:4], "little") & TP_STATUS_CSUMNOTREADY
+                        )
+                frame = view[:size]
+                out = receive(name, frame, trio.current_time(), csum_not_ready=not_ready)
+                if on_frame is not None:
+                    on_frame(name, frame, out)
+                self._deliver(out)
+            await trio.lowlevel.checkpoint()
+
+    def _deliver(self, out: Output) -> None:
+        interfaces = self.interfaces
+        for port, frame in out.frames:
+            try:
+                interfaces[port].sock.send(frame)
+            except (BlockingIOError, OSError):
+                # a full device queue: the frame is lost as on a real link
+                self.send_errors += 1
+        if out.events:
+            self.on_events(out)
+        wake = self.middlebox.next_wakeup()
+        if wake is not None and wake < self._timer_at:
+            self._wake.set()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            wake = self.middlebox.next_wakeup()
+            self._timer_at = wake if wake is not None else float("inf")
+            with trio.move_on_at(self._timer_at):
+                await self._wake.wait()
+            self._wake = trio.Event()
+            self._timer_at = float("inf")
+            out = self.middlebox.tick(trio.current_time())
+            self._deliver(out)
+
+
+def log_events(log: Any) -> Callable[[Output], None]:
+    """An ``on_events`` that writes each event on a structlog logger."""
+
+    def emit(out: Output) -> None:
+        for name, fields in out.events:
+            log.info(name, **fields)
+
+    return emit

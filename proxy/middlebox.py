@@ -1,0 +1,469 @@
+"""The middlebox's forwarding decisions, without the sockets.
+
+:class:`Middlebox` is the router the proxy is: a frame comes in on a port at
+``now``; out come the frames to put on the wire (which port, which bytes)
+and the events to log.  :mod:`proxy.forward` owns the AF_PACKET sockets and
+the clock and does nothing but move bytes between them and this class.
+
+Per frame, in order:
+
+1. ARP and Neighbor Discovery frames teach the neighbour table (and may
+   release frames that were waiting for a MAC); the kernel answers them.
+2. Frames not addressed to the port's MAC, non-IP frames, and IP packets
+   for the middlebox's own addresses are left to its kernel.
+3. The rest is routed: egress port and next hop from the route table, TTL /
+   hop limit decremented (a router does; traceroute shows the hop), dropped
+   when it would reach zero, dropped with a ``frame_dropped`` event when it
+   is larger than the egress MTU (no fragmentation, no ICMP: the lab's
+   endpoints do path MTU discovery with DF set, and the drop is visible).
+4. A frame whose checksum the kernel left for the NIC to finish
+   (TP_STATUS_CSUMNOTREADY) gets its TCP checksum completed first.
+5. TCP segments are tagged (:mod:`proxy.flows`) and judged
+   (:mod:`proxy.rules`): passed, dropped, delayed, duplicated, held until
+   released, or answered by an in-window RST to both ends.  Every segment
+   gets a ``segment`` event with its verdict.  Other IP traffic is forwarded
+   as it is.
+6. The egress MAC is looked up at send time (a delayed frame uses the MAC
+   known when it leaves); an unknown one triggers ARP/NS, and the frame
+   waits for the answer instead of being lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from proxy import flows as flowsmod
+from proxy import rules as rulesmod
+from proxy import wire
+from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
+from tcplab import events
+
+LogSegments = Literal["all", "control", "none"]
+LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
+CONTROL_TAGS = frozenset(
+    {"syn", "syn-ack", "handshake-ack", "fin", "fin-ack", "last-ack", "rst", "retransmit"}
+)
+"""Segments logged in ``control`` mode (with any segment a rule acted on)."""
+
+Event = tuple[str, dict[str, Any]]
+
+
+@dataclasses.dataclass(slots=True)
+class Output:
+    """What the shell does after one call: frames to send now, events to log."""
+
+    frames: list[tuple[str, bytes | bytearray]] = dataclasses.field(default_factory=list)
+    events: list[Event] = dataclasses.field(default_factory=list)
+    segment: dict[str, Any] | None = None
+    """The received frame's ``segment`` fields, when it was a TCP segment."""
+    injected: list[tuple[str, bytes, dict[str, Any]]] = dataclasses.field(default_factory=list)
+    """Segments the proxy made: ``(port, frame, segment fields)``."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Routed:
+    """A frame past routing, waiting to be sent (now, later, or on release)."""
+
+    port: str
+    next_hop: str
+    frame: bytearray
+    segment: dict[str, Any] | None = None
+    """The ``segment`` event fields logged when it was judged (TCP only)."""
+
+
+COUNTERS = (
+    "frames_in",
+    "forwarded",
+    "to_kernel",
+    "segments",
+    "dropped_rule",
+    "delayed",
+    "held",
+    "released",
+    "duplicated",
+    "resets_injected",
+    "dropped_malformed",
+    "dropped_mtu",
+    "dropped_ttl",
+    "dropped_no_route",
+    "dropped_unresolved",
+    "dropped_queue_full",
+    "checksums_completed",
+)
+
+
+class Middlebox:
+    """Sans-IO router with a rule engine on its TCP segments."""
+
+    def __init__(
+        self,
+        ports: Iterable[Port],
+        *,
+        routes: RouteTable | None = None,
+        engine: rulesmod.RuleEngine | None = None,
+        flow_table: flowsmod.FlowTable | None = None,
+        log_segments: LogSegments = "all",
+        queue_capacity: int = 10_000,
+    ) -> None:
+        self.ports = {p.name: p for p in ports}
+        self.routes = routes or RouteTable(self.ports.values())
+        self.neighbours = NeighbourTable(self.ports.values())
+        self.engine = engine or rulesmod.RuleEngine()
+        self.flows = flow_table or flowsmod.FlowTable()
+        self.log_segments = log_segments
+        self.delayed = rulesmod.DelayQueue(queue_capacity)
+        self.held = rulesmod.HoldQueue(queue_capacity)
+        self.counters = dict.fromkeys(COUNTERS, 0)
+        self._last_expire = 0.0
+
+    # --- the three ways in -------------------------------------------------
+
+    def receive(
+        self,
+        port_name: str,
+        frame: bytes | bytearray | memoryview,
+        now: float,
+        *,
+        csum_not_ready: bool = False,
+    ) -> Output:
+        """One frame read on ``port_name``."""
+        out = Output()
+        counters = self.counters
+        counters["frames_in"] += 1
+        port = self.ports[port_name]
+        dst_mac = bytes(frame[:6])
+        if dst_mac != port.mac:
+            # broadcast / multicast (ARP, ND) or not ours: the kernel's business,
+            # but ARP and ND teach us neighbours on the way
+            counters["to_kernel"] += 1
+            if dst_mac[:1] and dst_mac[0] & 1:
+                self._send_released(self.neighbours.observe(port_name, bytes(frame), now), out)
+            return out
+        try:
+            parsed = wire.parse_frame(frame)
+        except wire.FrameError as exc:
+            counters["dropped_malformed"] += 1
+            out.events.append(
+                (
+                    events.FRAME_DROPPED,
+                    {"reason": "malformed", "port": port_name, "detail": str(exc)},
+                )
+            )
+            return out
+        ip = parsed.ip
+        if ip is None:
+            counters["to_kernel"] += 1
+            if parsed.eth.ethertype == wire.ETH_P_ARP:
+                self._send_released(self.neighbours.observe(port_name, bytes(frame), now), out)
+            return out
+        if ip.dst in self.routes.own:
+            counters["to_kernel"] += 1
+            if isinstance(ip, wire.IPv6) and ip.next_header == 58:
+                self._send_released(self.neighbours.observe(port_name, bytes(frame), now), out)
+            return out
+        # the sender is (usually) on-link: remember its MAC
+        self._send_released(
+            self.neighbours.learn_passive(port_name, ip.src, bytes(frame[6:12]), now), out
+        )
+        route = self.routes.lookup(ip.dst)
+        if route is None:
+            counters["dropped_no_route"] += 1
+            out.events.append(
+                (events.FRAME_DROPPED, {"reason": "no_route", "port": port_name, "dst": ip.dst})
+            )
+            return out
+        out_name, next_hop = route
+        egress = self.ports[out_name]
+        ip_len = len(frame) - parsed.eth.header_len
+        if ip_len > egress.mtu:
+            counters["dropped_mtu"] += 1
+            out.events.append(
+                (
+                    events.FRAME_DROPPED,
+                    {
+                        "reason": "mtu",
+                        "port": port_name,
+                        "egress": out_name,
+                        "bytes": ip_len,
+                        "mtu": egress.mtu,
+                        "src": ip.src,
+                        "dst": ip.dst,
+                    },
+                )
+            )
+            return out
+        if csum_not_ready and parsed.tcp is not None:
+            frame = wire.complete_tcp_checksum(bytes(frame))
+            counters["checksums_completed"] += 1
+        buf = bytearray(frame)
+        if not _decrement_hop_limit(buf, parsed):
+            counters["dropped_ttl"] += 1
+            out.events.append(
+                (events.FRAME_DROPPED, {"reason": "ttl", "port": port_name, "dst": ip.dst})
+            )
+            return out
+        routed = _Routed(out_name, next_hop, buf)
+        tcp = parsed.tcp
+        if tcp is None:
+            self._send_routed(routed, now, out)
+            return out
+        self._judge(parsed, tcp, routed, port_name, now, out)
+        return out
+
+    def tick(self, now: float) -> Output:
+        """Send what is due: delayed frames, ARP/NS retries; expire flows."""
+        out = Output()
+        for routed in self.delayed.pop_due(now):
+            self._send_routed(routed, now, out)
+        retries, dropped = self.neighbours.tick(now)
+        for port, frame in retries:
+            out.frames.append((port, frame))
+        if dropped:
+            self.counters["dropped_unresolved"] += dropped
+            out.events.append((events.FRAME_DROPPED, {"reason": "unresolved", "frames": dropped}))
+        if now - self._last_expire > 1.0:
+            self._last_expire = now
+            self.flows.expire(now)
+        return out
+
+    def release(self, now: float, rule: str | None = None) -> Output:
+        """Let held segments go (those of ``rule``, or all), in arrival order."""
+        out = Output()
+        for routed in self.held.release(rule):
+            self.counters["released"] += 1
+            if routed.segment is not None:
+                fields = dict(routed.segment, verdict="release")
+                fields.pop("delay_ms", None)
+                out.events.append((events.SEGMENT, fields))
+            self._send_routed(routed, now, out)
+        return out
+
+    def next_wakeup(self) -> float | None:
+        """When :meth:`tick` has something to do next (None: nothing pending)."""
+        times = [t for t in (self.delayed.next_due(), self.neighbours.next_due()) if t is not None]
+        return min(times, default=None)
+
+    # --- internals -----------------------------------------------------------
+
+    def _judge(
+        self,
+        parsed: wire.Frame,
+        tcp: wire.Tcp,
+        routed: _Routed,
+        port_name: str,
+        now: float,
+        out: Output,
+    ) -> None:
+        ip = parsed.ip
+        assert ip is not None
+        counters = self.counters
+        counters["segments"] += 1
+        tagged = self.flows.classify(
+            (ip.src, tcp.src_port),
+            (ip.dst, tcp.dst_port),
+            tcp.flags,
+            tcp.seq,
+            tcp.ack,
+            tcp.payload_len,
+            now,
+        )
+        verdict = self.engine.decide(tagged, now)
+        action = verdict.action
+        send_at = verdict.send_at if verdict.send_at is not None else now
+        delayed = send_at > now
+        fields = segment_fields(tagged, action, verdict.rule, send_at - now if delayed else None)
+        routed = dataclasses.replace(routed, segment=fields)
+        out.segment = fields
+        if self.log_segments == "all" or (
+            self.log_segments == "control"
+            and (
+                action != "pass"
+                or verdict.rule is not None
+                or not CONTROL_TAGS.isdisjoint(tagged.tags)
+            )
+        ):
+            out.events.append((events.SEGMENT, fields))
+        if action in ("pass", "delay", "duplicate"):
+            copies = 2 if action == "duplicate" else 1
+            if action != "pass":
+                counters["delayed" if action == "delay" else "duplicated"] += 1
+            for i in range(copies):
+                item = (
+                    routed if i == 0 else dataclasses.replace(routed, frame=bytearray(routed.frame))
+                )
+                if delayed:
+                    self._delay(item, send_at, out)
+                else:
+                    self._send_routed(item, now, out)
+        elif action == "drop":
+            counters["dropped_rule"] += 1
+        elif action == "hold":
+            counters["held"] += 1
+            if not self.held.hold(routed, verdict.rule or "hold"):
+                counters["dropped_queue_full"] += 1
+        elif action == "reset":
+            counters["resets_injected"] += 1
+            self._inject_resets(parsed, tcp, tagged, routed, port_name, verdict.rule, now, out)
+
+    def _delay(self, routed: _Routed, send_at: float, out: Output) -> None:
+        if not self.delayed.push(routed, send_at):
+            self.counters["dropped_queue_full"] += 1
+            out.events.append(
+                (
+                    events.FRAME_DROPPED,
+                    {"reason": "queue_full", "conn": (routed.segment or {}).get("conn")},
+                )
+            )
+
+    def _send_routed(self, routed: _Routed, now: float, out: Output) -> None:
+        port = self.ports[routed.port]
+        mac = self.neighbours.lookup(routed.port, routed.next_hop, now)
+        if mac is None:
+            for solicit in self.neighbours.enqueue(
+                routed.port, routed.next_hop, bytes(routed.frame), now
+            ):
+                out.frames.append((routed.port, solicit))
+            return
+        frame = routed.frame
+        frame[0:6] = mac
+        frame[6:12] = port.mac
+        self.counters["forwarded"] += 1
+        out.frames.append((routed.port, frame))
+
+    def _send_released(self, released: list[Released], out: Output) -> None:
+        """Frames that waited for their next hop's MAC, now known."""
+        for port_name, frame, mac in released:
+            buf = bytearray(frame)
+            buf[0:6] = mac
+            buf[6:12] = self.ports[port_name].mac
+            self.counters["forwarded"] += 1
+            out.frames.append((port_name, buf))
+
+    def _inject_resets(
+        self,
+        parsed: wire.Frame,
+        tcp: wire.Tcp,
+        tagged: flowsmod.Tagged,
+        routed: _Routed,
+        in_port: str,
+        rule: str | None,
+        now: float,
+        out: Output,
+    ) -> None:
+        """Drop the segment; send an in-window RST to each end instead.
+
+        Each RST carries exactly the sequence number its receiver expects
+        next (the other side's highest sequence seen), so the kernel accepts
+        it at once (RFC 5961 §3.2: an RST whose sequence number is not
+        exactly RCV.NXT only earns a challenge ACK)."""
+        ip = parsed.ip
+        assert ip is not None
+        flow = tagged.flow
+        back = "s2c" if tagged.dir == "c2s" else "c2s"
+        toward_receiver_seq = flow.next_seq(tagged.dir)
+        toward_sender_seq = flow.next_seq(back)
+        if toward_receiver_seq is None:
+            toward_receiver_seq = (tcp.seq + tcp.payload_len) & 0xFFFFFFFF
+        if toward_sender_seq is None:
+            toward_sender_seq = tcp.ack
+        rst_ack = wire.RST | wire.ACK
+        # toward the receiver, from the sender's address, through the egress
+        forward_rst = wire.build_tcp_frame(
+            b"\0" * 6,
+            b"\0" * 6,
+            ip.src,
+            ip.dst,
+            tcp.src_port,
+            tcp.dst_port,
+            toward_receiver_seq,
+            toward_sender_seq,
+            rst_ack,
+        )
+        # back toward the sender, from the receiver's address, the way it came
+        backward_rst = wire.build_tcp_frame(
+            bytes(parsed.eth.src),
+            self.ports[in_port].mac,
+            ip.dst,
+            ip.src,
+            tcp.dst_port,
+            tcp.src_port,
+            toward_sender_seq,
+            toward_receiver_seq,
+            rst_ack,
+        )
+        for src, dst, seq, ack in (
+            (
+                (ip.src, tcp.src_port),
+                (ip.dst, tcp.dst_port),
+                toward_receiver_seq,
+                toward_sender_seq,
+            ),
+            (
+                (ip.dst, tcp.dst_port),
+                (ip.src, tcp.src_port),
+                toward_sender_seq,
+                toward_receiver_seq,
+            ),
+        ):
+            injected = self.flows.classify(src, dst, rst_ack, seq, ack, 0, now)
+            fields = segment_fields(injected, "inject", rule, None)
+            out.events.append((events.SEGMENT, fields))
+        self._send_routed(_Routed(routed.port, routed.next_hop, bytearray(forward_rst)), now, out)
+        out.frames.append((in_port, backward_rst))
+
+
+def segment_fields(
+    tagged: flowsmod.Tagged, verdict: str, rule: str | None, delay: float | None
+) -> dict[str, Any]:
+    """The ``segment`` event for a tagged segment (DESIGN: event vocabulary)."""
+    fields: dict[str, Any] = {
+        "conn": tagged.conn,
+        "dir": tagged.dir,
+        "flags": tagged.flags,
+        "seq": tagged.seq,
+        "ack": tagged.ack,
+        "rseq": tagged.rseq,
+        "rack": tagged.rack,
+        "len": tagged.len,
+        "tags": list(tagged.tags),
+        "verdict": verdict,
+        "conn_number": tagged.conn_number,
+    }
+    if rule is not None:
+        fields["rule"] = rule
+    if delay is not None:
+        fields["delay_ms"] = round(delay * 1000, 3)
+    return fields
+
+
+_IPV4_TTL = 8
+_IPV4_CHECKSUM = 10
+_IPV6_HOP_LIMIT = 7
+_H = struct.Struct("!H")
+
+
+def _decrement_hop_limit(buf: bytearray, parsed: wire.Frame) -> bool:
+    """TTL / hop limit minus one, as a router does (RFC 791, RFC 8200);
+    False when the packet must not be forwarded (it would reach 0)."""
+    ip = parsed.ip
+    base = parsed.eth.header_len
+    if isinstance(ip, wire.IPv4):
+        ttl = buf[base + _IPV4_TTL]
+        if ttl <= 1:
+            return False
+        buf[base + _IPV4_TTL] = ttl - 1
+        # RFC 1624 incremental update: the TTL is the high byte of its word
+        (old,) = _H.unpack_from(buf, base + _IPV4_CHECKSUM)
+        total = (~old & 0xFFFF) + (~0x0100 & 0xFFFF)
+        total = (total & 0xFFFF) + (total >> 16)
+        total = (total & 0xFFFF) + (total >> 16)
+        _H.pack_into(buf, base + _IPV4_CHECKSUM, ~total & 0xFFFF)
+        return True
+    hop = buf[base + _IPV6_HOP_LIMIT]
+    if hop <= 1:
+        return False
+    buf[base + _IPV6_HOP_LIMIT] = hop - 1
+    return True

@@ -1,0 +1,421 @@
+"""Fault rules: which segment, what to do with it (sans-IO).
+
+A rule names segments by role and says what happens to them::
+
+    drop    syn-ack@1            the first SYN-ACK of every connection
+    delay   client:fin@1=2s      the client's first FIN, by 2 s
+    hold    server:fin@1         the server's first FIN, until released
+    duplicate data@2             the second data segment, sent twice
+    reset   data@1#2             the first data segment of connection 2:
+                                 dropped, and an in-window RST sent to both ends
+
+Matching and counting
+---------------------
+
+A rule *matches* a segment when the segment has the rule's tag (``any``
+matches every segment), comes from the rule's side (``client:`` /
+``server:``, omitted = either) and belongs to the rule's connection (``#N``,
+the proxy's connection number; omitted = every connection).  Every rule that
+matches a segment counts it, per connection (``nth`` is 1-based: ``@1`` is
+the first matching segment of each connection).  Then the first rule in list
+order whose count is in its ``nth`` set (``@1,3``; omitted = every
+occurrence) *fires* and decides the segment's fate; later rules only count.
+So ``drop fin@1`` then ``delay fin@2=1s`` drops the first FIN of each
+connection and delays the second, as one would expect.  Counts live in a
+dict the connection owns, so they die with it: memory stays bounded.
+
+``pace`` delays every forwarded segment by the same amount: slow motion, so
+a person can follow and a 5 ms poller sees every state.  A ``delay`` rule's
+delay adds to the pace.  Segments whose send times are equal leave in the
+order they were decided (:class:`DelayQueue`), so pacing never reorders.
+
+Pure: :meth:`RuleEngine.decide` takes the segment and ``now`` and answers
+with a :class:`Verdict` saying when the frame should leave; the forwarder
+sleeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import heapq
+import itertools
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, Protocol
+
+from tcplab.units import format_duration, parse_duration
+
+KNOWN_TAGS: tuple[str, ...] = (
+    "syn",
+    "syn-ack",
+    "handshake-ack",
+    "data",
+    "ack",
+    "fin",
+    "fin-ack",
+    "last-ack",
+    "rst",
+    "retransmit",
+)
+"""The tags :mod:`proxy.flows` gives (mirrors ``proxy.flows.TAGS``; a test
+checks they agree)."""
+ANY = "any"
+ACTIONS: tuple[str, ...] = ("drop", "delay", "duplicate", "reset", "hold")
+Action = Literal["drop", "delay", "duplicate", "reset", "hold"]
+VerdictAction = Literal["pass", "drop", "delay", "duplicate", "reset", "hold"]
+Side = Literal["client", "server"]
+_DIR_OF: dict[str, str] = {"client": "c2s", "server": "s2c"}
+MAX_DELAY = 3600.0
+"""Longest delay or pace accepted (1 h): anything longer is surely a typo."""
+
+
+class RuleError(ValueError):
+    """A rule that cannot be understood: which one, and why."""
+
+
+class Classified(Protocol):
+    """What the engine needs to know about a segment (``proxy.flows.Tagged``)."""
+
+    @property
+    def tags(self) -> tuple[str, ...]: ...
+    @property
+    def dir(self) -> str: ...
+    @property
+    def conn_number(self) -> int: ...
+    @property
+    def counters(self) -> dict[str, int]: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Match:
+    tag: str | None = None
+    """None: every segment."""
+    from_: Side | None = None
+    nth: frozenset[int] | None = None
+    """Occurrences (1-based, per connection) that fire; None: all."""
+    conn: int | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    match: Match
+    action: Action
+    delay: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Verdict:
+    action: VerdictAction
+    rule: str | None
+    send_at: float | None
+    """When to put the frame on the wire (None for drop, hold and reset)."""
+    delay: float = 0.0
+
+
+class RuleEngine:
+    """An ordered list of rules and a pace."""
+
+    def __init__(self, rules: Iterable[Rule] = (), pace: float | None = None) -> None:
+        self._rules: list[Rule] = []
+        self.pace: float | None = None
+        self.fired: dict[str, int] = {}
+        self.matched: dict[str, int] = {}
+        for rule in rules:
+            self.add(rule)
+        self.set_pace(pace)
+
+    @property
+    def rules(self) -> list[Rule]:
+        return list(self._rules)
+
+    def add(self, rule: Rule) -> Rule:
+        """Append ``rule``; an automatic name that is taken gets ``#2``, ``#3``…;
+        an explicit duplicate name is refused."""
+        names = {r.name for r in self._rules}
+        if rule.name in names:
+            if rule.name != _auto_name(rule.action, rule.match):
+                raise RuleError(f"a rule named {rule.name!r} exists already")
+            base = rule.name
+            for i in itertools.count(2):
+                candidate = f"{base}#{i}" if "#" not in base else f"{base}.{i}"
+                if candidate not in names:
+                    break
+            rule = dataclasses.replace(rule, name=candidate)
+        self._rules.append(rule)
+        self.fired.setdefault(rule.name, 0)
+        self.matched.setdefault(rule.name, 0)
+        return rule
+
+    def remove(self, name: str) -> Rule:
+        for i, rule in enumerate(self._rules):
+            if rule.name == name:
+                del self._rules[i]
+                return rule
+        known = ", ".join(r.name for r in self._rules) or "none"
+        raise KeyError(f"no rule named {name!r} (rules: {known})")
+
+    def clear(self) -> None:
+        self._rules.clear()
+
+    def set_pace(self, pace: float | None) -> None:
+        if pace is not None and not 0 <= pace <= MAX_DELAY:
+            raise RuleError(f"pace {pace}s is out of range (0 to {MAX_DELAY:g}s)")
+        self.pace = pace or None
+
+    def decide(self, segment: Classified, now: float) -> Verdict:
+        """The fate of ``segment`` arriving at ``now``."""
+        pace = self.pace or 0.0
+        if not self._rules:
+            return Verdict("pass", None, now + pace, pace)
+        tags = segment.tags
+        direction = segment.dir
+        counters = segment.counters
+        fired: Rule | None = None
+        for rule in self._rules:
+            m = rule.match
+            if m.tag is not None and m.tag not in tags:
+                continue
+            if m.from_ is not None and _DIR_OF[m.from_] != direction:
+                continue
+            if m.conn is not None and m.conn != segment.conn_number:
+                continue
+            count = counters.get(rule.name, 0) + 1
+            counters[rule.name] = count
+            self.matched[rule.name] = self.matched.get(rule.name, 0) + 1
+            if fired is None and (m.nth is None or count in m.nth):
+                fired = rule
+        if fired is None:
+            return Verdict("pass", None, now + pace, pace)
+        self.fired[fired.name] = self.fired.get(fired.name, 0) + 1
+        if fired.action == "delay":
+            delay = pace + (fired.delay or 0.0)
+            return Verdict("delay", fired.name, now + delay, delay)
+        if fired.action == "duplicate":
+            return Verdict("duplicate", fired.name, now + pace, pace)
+        return Verdict(fired.action, fired.name, None, 0.0)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The rules as plain data, for the control API and logs."""
+        return [
+            {
+                "name": r.name,
+                "action": r.action,
+                "tag": r.match.tag or ANY,
+                "from": r.match.from_,
+                "nth": sorted(r.match.nth) if r.match.nth else None,
+                "conn": r.match.conn,
+                "delay": format_duration(r.delay) if r.delay is not None else None,
+                "rule": format_rule(r),
+                "matched": self.matched.get(r.name, 0),
+                "fired": self.fired.get(r.name, 0),
+            }
+            for r in self._rules
+        ]
+
+
+# --- queues --------------------------------------------------------------------
+
+
+class DelayQueue:
+    """Frames waiting for their send time; equal times leave in push order."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._heap: list[tuple[float, int, Any]] = []
+        self._counter = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    def push(self, item: Any, send_at: float) -> bool:
+        """False when full (the caller drops the frame and says so)."""
+        if len(self._heap) >= self.capacity:
+            return False
+        heapq.heappush(self._heap, (send_at, next(self._counter), item))
+        return True
+
+    def pop_due(self, now: float) -> list[Any]:
+        out = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            out.append(heapq.heappop(heap)[2])
+        return out
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+
+class HoldQueue:
+    """Frames kept until released, by rule, in arrival order."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._items: list[tuple[str, Any]] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def hold(self, item: Any, rule: str) -> bool:
+        if len(self._items) >= self.capacity:
+            return False
+        self._items.append((rule, item))
+        return True
+
+    def release(self, rule: str | None = None) -> list[Any]:
+        """The frames held by ``rule`` (None: all), oldest first."""
+        out = [item for name, item in self._items if rule is None or name == rule]
+        self._items = [(n, i) for n, i in self._items if not (rule is None or n == rule)]
+        return out
+
+    def held_by(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for name, _ in self._items:
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+
+# --- parsing ---------------------------------------------------------------------
+
+_CLI = re.compile(
+    r"""^(?:(?P<side>client|server):)?
+        (?P<tag>[a-z-]+)
+        (?:@(?P<nth>[0-9]+(?:,[0-9]+)*))?
+        (?:\#(?P<conn>[0-9]+))?
+        (?:=(?P<delay>.+))?$""",
+    re.VERBOSE,
+)
+
+
+def _check_tag(tag: str, where: str) -> str | None:
+    if tag == ANY:
+        return None
+    if tag not in KNOWN_TAGS:
+        close = difflib.get_close_matches(tag, KNOWN_TAGS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise RuleError(
+            f"{where}: unknown tag {tag!r}{hint}; tags are {', '.join(KNOWN_TAGS)}, any"
+        )
+    return tag
+
+
+def _check_delay(text: str, where: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise RuleError(f"{where}: {exc}") from None
+    if value > MAX_DELAY:
+        raise RuleError(f"{where}: delay {text} is longer than {MAX_DELAY:g}s")
+    return value
+
+
+def _auto_name(action: str, match: Match) -> str:
+    return f"{action}-{_spec(match)}"
+
+
+def _spec(match: Match) -> str:
+    text = ""
+    if match.from_:
+        text += f"{match.from_}:"
+    text += match.tag or ANY
+    if match.nth:
+        text += "@" + ",".join(str(n) for n in sorted(match.nth))
+    if match.conn is not None:
+        text += f"#{match.conn}"
+    return text
+
+
+def parse_cli(action: str, text: str) -> Rule:
+    """``--drop syn-ack@1``, ``--delay client:fin@1=2s``… → a rule."""
+    where = f"--{action} {text}"
+    if action not in ACTIONS:
+        raise RuleError(f"{where}: unknown action {action!r} ({', '.join(ACTIONS)})")
+    m = _CLI.match(text.strip())
+    if m is None:
+        raise RuleError(
+            f"{where}: expected [client:|server:]TAG[@N[,N...]][#CONN]"
+            + ("=DURATION" if action == "delay" else "")
+            + ", e.g. syn-ack@1"
+        )
+    tag = _check_tag(m["tag"], where)
+    nth = None
+    if m["nth"]:
+        numbers = [int(n) for n in m["nth"].split(",")]
+        if any(n < 1 for n in numbers):
+            raise RuleError(f"{where}: nth must be ≥ 1 (the first occurrence is @1)")
+        nth = frozenset(numbers)
+    conn = int(m["conn"]) if m["conn"] else None
+    if conn is not None and conn < 1:
+        raise RuleError(f"{where}: connection numbers start at 1")
+    delay = None
+    if action == "delay":
+        if m["delay"] is None:
+            raise RuleError(f"{where}: a delay needs a duration, e.g. {m['tag']}@1=2s")
+        delay = _check_delay(m["delay"], where)
+    elif m["delay"] is not None:
+        raise RuleError(f"{where}: only a delay takes '=DURATION'")
+    match = Match(tag, m["side"], nth, conn)  # type: ignore[arg-type]
+    return Rule(_auto_name(action, match), match, action, delay)  # type: ignore[arg-type]
+
+
+def format_rule(rule: Rule) -> str:
+    """The compact form again: ``client:fin@1=2s`` (without the action)."""
+    text = _spec(rule.match)
+    if rule.action == "delay" and rule.delay is not None:
+        text += f"={format_duration(rule.delay)}"
+    return text
+
+
+_TABLE_KEYS = ("action", "tag", "from", "nth", "conn", "delay", "name")
+
+
+def parse_table(table: Mapping[str, Any], where: str) -> Rule:
+    """One rule from a TOML table; ``where`` (file and position) starts every error."""
+    unknown = sorted(set(table) - set(_TABLE_KEYS))
+    if unknown:
+        raise RuleError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(_TABLE_KEYS)})")
+    action = table.get("action")
+    if action not in ACTIONS:
+        raise RuleError(f"{where}: 'action' must be one of {', '.join(ACTIONS)}, not {action!r}")
+    tag_value = table.get("tag", ANY)
+    if not isinstance(tag_value, str):
+        raise RuleError(f"{where}: 'tag' must be a string")
+    tag = _check_tag(tag_value, where)
+    side = table.get("from")
+    if side is not None and side not in ("client", "server"):
+        raise RuleError(f'{where}: \'from\' must be "client" or "server", not {side!r}')
+    nth_value = table.get("nth")
+    nth: frozenset[int] | None = None
+    if nth_value is not None:
+        numbers = [nth_value] if not isinstance(nth_value, list) else nth_value
+        if not numbers or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+            raise RuleError(f"{where}: 'nth' must be a number or a list of numbers")
+        if any(n < 1 for n in numbers):
+            raise RuleError(f"{where}: 'nth' must be ≥ 1 (the first occurrence is 1)")
+        nth = frozenset(numbers)
+    conn = table.get("conn")
+    if conn is not None and (not isinstance(conn, int) or isinstance(conn, bool) or conn < 1):
+        raise RuleError(f"{where}: 'conn' must be a connection number ≥ 1")
+    delay = None
+    if action == "delay":
+        if not isinstance(table.get("delay"), str):
+            raise RuleError(f'{where}: a delay rule needs delay = "DURATION", e.g. "2s"')
+        delay = _check_delay(table["delay"], where)
+    elif "delay" in table:
+        raise RuleError(f"{where}: only a delay rule takes 'delay'")
+    match = Match(tag, side, nth, conn)
+    name = table.get("name")
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise RuleError(f"{where}: 'name' must be a non-empty string")
+    return Rule(name or _auto_name(action, match), match, action, delay)
+
+
+def parse_pace(text: str) -> float:
+    try:
+        value = parse_duration(text)
+    except ValueError as exc:
+        raise RuleError(f"--pace {text}: {exc}") from None
+    if value > MAX_DELAY:
+        raise RuleError(f"--pace {text}: longer than {MAX_DELAY:g}s")
+    return value
