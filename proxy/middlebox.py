@@ -356,19 +356,22 @@ class Middlebox:
         """Drop the segment; send an in-window RST to each end instead.
 
         Each RST carries exactly the sequence number its receiver expects
-        next (the other side's highest sequence seen), so the kernel accepts
-        it at once (RFC 5961 §3.2: an RST whose sequence number is not
+        next (the dropped segment's own seq; the ack the sender sent), so it
+        is taken at once (RFC 5961 §3.2: an RST whose sequence number is not
         exactly RCV.NXT only earns a challenge ACK)."""
         ip = parsed.ip
         assert ip is not None
         flow = tagged.flow
         back = "s2c" if tagged.dir == "c2s" else "c2s"
-        toward_receiver_seq = flow.next_seq(tagged.dir)
-        toward_sender_seq = flow.next_seq(back)
-        if toward_receiver_seq is None:
-            toward_receiver_seq = (tcp.seq + tcp.payload_len) & 0xFFFFFFFF
-        if toward_sender_seq is None:
-            toward_sender_seq = tcp.ack
+        # The receiver never got this segment: it expects exactly its seq.
+        # The sender expects what it acknowledges (or the peer's next seq).
+        toward_receiver_seq = tcp.seq
+        toward_sender_seq = tcp.ack if tcp.flags & wire.ACK else (flow.next_seq(back) or 0)
+        # the RST back acknowledges the whole segment (a SYN's too: a SYN_SENT
+        # socket takes an RST only if it acknowledges the SYN, RFC 9293 §3.10.7.3)
+        segment_end = (
+            tcp.seq + tcp.payload_len + (1 if tcp.flags & (wire.SYN | wire.FIN) else 0)
+        ) & 0xFFFFFFFF
         rst_ack = wire.RST | wire.ACK
         # toward the receiver, from the sender's address, through the egress
         forward_rst = wire.build_tcp_frame(
@@ -384,14 +387,14 @@ class Middlebox:
         )
         # back toward the sender, from the receiver's address, the way it came
         backward_rst = wire.build_tcp_frame(
-            bytes(parsed.eth.src),
             self.ports[in_port].mac,
+            bytes(parsed.eth.src),
             ip.dst,
             ip.src,
             tcp.dst_port,
             tcp.src_port,
             toward_sender_seq,
-            toward_receiver_seq,
+            segment_end,
             rst_ack,
         )
         for src, dst, seq, ack in (

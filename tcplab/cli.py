@@ -2,6 +2,7 @@
 
 tcplab run      build a lab, run one echo conversation, print every state change
 tcplab lab up   build a lab and leave it up (lab down, lab exec, lab status)
+tcplab proxy    change a running lab's faults (rules, add, rm, release, clear, pace)
 tcplab watch    print the state changes of the sockets in any namespace
 tcplab clean    remove what killed runs left behind
 """
@@ -15,6 +16,7 @@ import signal
 import sys
 from typing import Any
 
+from proxy.options import add_rule_options
 from tcplab import logs, topology
 from tcplab.units import parse_duration
 
@@ -65,9 +67,33 @@ def _need_net_admin(what: str) -> None:
 # --- run ---------------------------------------------------------------------
 
 
+def _fault_argv(args: argparse.Namespace, command: str) -> tuple[str, ...]:
+    """Validate the fault options now (nothing starts if one is wrong) and
+    return them as the proxy's arguments."""
+    from proxy import options, rules
+
+    try:
+        options.rules_from_args(args)
+    except rules.RuleError as exc:
+        print(f"tcplab {command}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+    argv = options.rule_argv(args)
+    if getattr(args, "forwarding", "proxy") == "kernel" and argv:
+        print(
+            f"tcplab {command}: faults need the proxy; drop --forwarding kernel",
+            file=sys.stderr,
+        )
+        raise SystemExit(EXIT_USAGE)
+    return tuple(argv)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     _need_net_admin("run")
     from tcplab import runner, transcript
+
+    fault_argv = _fault_argv(args, "run")
+    if args.log_segments != "all":
+        fault_argv += ("--log-segments", args.log_segments)
 
     opts = runner.RunOptions(
         server_close=args.server_close,
@@ -80,6 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         observe_for=args.observe_for,
         farewell=args.farewell,
         sysctls=_sysctl_map(args.sysctl or []),
+        forwarding=topology.Forwarding(args.forwarding),
+        proxy_args=fault_argv,
+        pcap=os.path.abspath(args.pcap) if args.pcap else None,
     )
     out = sys.stdout
     state: dict[str, Any] = {"t0": None}
@@ -116,6 +145,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"server exit {result.server_status}",
             file=out,
         )
+        if args.pcap:
+            print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
     return 0 if result.client_status == 0 and result.server_status == 0 else 1
 
 
@@ -129,11 +160,19 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         sysctls=_sysctl_map(args.sysctl or []),
         persistent=True,
     )
+    fault_argv = _fault_argv(args, "lab up")
     try:
         lab = topology.create(spec)
     except topology.TopologyError as exc:
         print(f"tcplab lab up: {exc}", file=sys.stderr)
         return 1
+    if lab.forwarding is topology.Forwarding.PROXY:
+        try:
+            _start_background_proxy(lab, fault_argv)
+        except (OSError, TimeoutError) as exc:
+            topology.destroy(lab.lab_id)
+            print(f"tcplab lab up: the proxy did not start: {exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(lab.describe()))
         return 0
@@ -159,11 +198,145 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
     for side in topology.SIDES:
         print(f"  ip netns exec {lab.ns(side)} bash     # or: tcplab lab exec {side} -- bash")
     print("\ntry:")
-    print(f"  tcplab lab exec srv -- python3 -m http.server 8000 --bind {lab.addr.server4}")
+    print("  tcplab lab exec srv -- python3 -m http.server 8000")
     print(f"  tcplab lab exec cli -- curl http://{lab.addr.server4}:8000/")
     print(f"  tcplab watch --netns {lab.ns('srv')} --port 8000")
+    if lab.forwarding is topology.Forwarding.PROXY:
+        print("\nthe middlebox is the proxy; change its faults while traffic flows:")
+        print("  tcplab proxy add --drop syn-ack@1      # or --delay client:fin@1=2s, --hold …")
+        print("  tcplab proxy rules                     # rules, counters, held segments")
+        print("  tcplab proxy release                   # let held segments go")
+        print(f"  its log (JSON lines): {_proxy_log(lab)}")
     print("\nremove it with: tcplab lab down")
     return 0
+
+
+def _proxy_log(lab: topology.Lab) -> str:
+    return str(topology.RECORD_DIR / f"{lab.lab_id}.proxy.log")
+
+
+def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> None:
+    """The proxy for a lab that stays up: a process of its own (it lives in
+    the middle namespace, so `lab down` and `clean` stop it with the rest),
+    logging to a file; returns once its control socket answers."""
+    import subprocess
+    import time
+
+    from proxy import control
+    from tcplab import runner
+
+    sock = runner.control_path(lab)
+    argv = runner.daemon_argv(
+        "proxy",
+        lab.ns("mbx"),
+        ["--front", topology.FRONT_IF, "--back", topology.BACK_IF, "--control", sock, *fault_argv],
+    )
+    with open(_proxy_log(lab), "ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    topology.update_record(lab.lab_id, proxy_pid=proc.pid, proxy_control=sock)
+    deadline = time.monotonic() + 15
+    while True:
+        if proc.poll() is not None:
+            raise OSError(f"it exited with status {proc.returncode}; see {_proxy_log(lab)}")
+        try:
+            if control.request(sock, {"op": "rules"}, timeout=1).get("ok"):
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise TimeoutError(f"no answer on {sock} after 15 s")
+        time.sleep(0.05)
+
+
+# --- proxy -----------------------------------------------------------------------
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from proxy import control, options, rules
+    from tcplab import runner
+
+    try:
+        lab = topology.find_lab(args.lab)
+    except topology.TopologyError as exc:
+        print(f"tcplab proxy: {exc}", file=sys.stderr)
+        return 1
+    path = runner.control_path(lab)
+    requests: list[dict[str, Any]] = []
+    if args.proxy_command == "rules":
+        requests.append({"op": "rules"})
+    elif args.proxy_command == "add":
+        try:
+            parsed, pace = options.rules_from_args(args)
+        except rules.RuleError as exc:
+            print(f"tcplab proxy add: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        for action in options.RULE_ACTIONS:
+            for text in getattr(args, action):
+                requests.append({"op": "add", "action": action, "rule": text})
+        if args.pace:
+            requests.append({"op": "pace", "value": args.pace})
+        if not parsed and pace is None:
+            print("tcplab proxy add: give a rule, e.g. --drop syn-ack@1", file=sys.stderr)
+            return EXIT_USAGE
+    elif args.proxy_command == "rm":
+        requests.extend({"op": "rm", "name": name} for name in args.names)
+    elif args.proxy_command == "release":
+        requests.append({"op": "release", "rule": args.rule})
+    elif args.proxy_command == "clear":
+        requests.append({"op": "clear"})
+    elif args.proxy_command == "pace":
+        requests.append({"op": "pace", "value": args.value})
+    status = 0
+    for payload in requests:
+        try:
+            answer = control.request(path, payload)
+        except OSError as exc:
+            print(f"tcplab proxy: {exc} (is lab {lab.lab_id} running its proxy?)", file=sys.stderr)
+            return 1
+        if not answer.get("ok"):
+            print(f"tcplab proxy {args.proxy_command}: {answer.get('error')}", file=sys.stderr)
+            status = 1
+            continue
+        if args.json:
+            print(json.dumps(answer))
+        elif payload["op"] == "rules":
+            _print_status(answer)
+        elif payload["op"] == "add":
+            print(f"added {answer['name']}")
+        elif payload["op"] == "rm":
+            print(f"removed {answer['name']}")
+        elif payload["op"] == "release":
+            print(f"released {answer['released']} frame(s)")
+        elif payload["op"] == "pace":
+            print(f"pace {answer['pace'] or 'off'}")
+        else:
+            print("ok")
+    return status
+
+
+def _print_status(answer: dict[str, Any]) -> None:
+    rules = answer.get("rules", [])
+    if not rules:
+        print("no rules: every segment passes")
+    for r in rules:
+        print(
+            f"  {r['name']:<28} {r['action']:<9} {r['rule']:<24} "
+            f"matched {r['matched']}, fired {r['fired']}"
+        )
+    print(f"pace: {answer.get('pace') or 'off'}")
+    held = answer.get("held") or {}
+    if held:
+        print("held: " + ", ".join(f"{n} by {rule}" for rule, n in held.items()))
+    counters = answer.get("counters", {})
+    shown = {k: v for k, v in counters.items() if v}
+    print("counters: " + ", ".join(f"{k}={v}" for k, v in shown.items()))
 
 
 def cmd_lab_down(args: argparse.Namespace) -> int:
@@ -297,14 +470,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-namespace sysctl, e.g. cli:net.ipv4.tcp_fin_timeout=5",
     )
     run.add_argument("--json", action="store_true", help="print the merged event lines as JSON")
+    run.add_argument(
+        "--forwarding",
+        choices=[m.value for m in topology.Forwarding],
+        default="proxy",
+        help="who forwards in the middle (default: the proxy; kernel = no faults)",
+    )
+    run.add_argument("--pcap", metavar="FILE", help="the proxy writes every frame to FILE (pcapng)")
+    run.add_argument(
+        "--log-segments",
+        choices=["all", "control", "none"],
+        default="all",
+        help="which segments the proxy logs (control: handshake, teardown, resets, "
+        "retransmits and any segment a rule touched)",
+    )
+    add_rule_options(run)
     run.set_defaults(func=cmd_run)
 
     lab = sub.add_parser("lab", help="a lab that stays up: up, down, exec, status")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")
     up = lab_sub.add_parser("up", help="build a lab and leave it up")
     up.add_argument(
-        "--forwarding", choices=[m.value for m in topology.Forwarding], default="kernel"
+        "--forwarding",
+        choices=[m.value for m in topology.Forwarding],
+        default="proxy",
+        help="proxy (default): the middlebox forwards and can inject faults; "
+        "kernel: plain IP forwarding",
     )
+    add_rule_options(up)
     up.add_argument("--sysctl", action="append", type=_sysctl, metavar="SIDE:KEY=VALUE")
     up.add_argument("--json", action="store_true", help="print names and addresses as JSON")
     up.set_defaults(func=cmd_lab_up)
@@ -326,6 +519,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove labs made by `lab up` and labs of running processes",
     )
     clean.set_defaults(func=cmd_clean)
+
+    proxy = sub.add_parser("proxy", help="change a running lab's faults: rules, add, rm, release")
+    proxy_sub = proxy.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
+    p_rules = proxy_sub.add_parser("rules", help="rules, pace, counters, held segments")
+    p_add = proxy_sub.add_parser("add", help="add rules: --drop syn-ack@1, --delay fin@1=2s …")
+    add_rule_options(p_add)
+    p_rm = proxy_sub.add_parser("rm", help="remove rules by name")
+    p_rm.add_argument("names", nargs="+", metavar="NAME")
+    p_release = proxy_sub.add_parser("release", help="let held segments go")
+    p_release.add_argument("rule", nargs="?", help="only those held by this rule")
+    p_clear = proxy_sub.add_parser("clear", help="remove every rule")
+    p_pace = proxy_sub.add_parser("pace", help="delay every segment (slow motion)")
+    p_pace.add_argument("value", help="a duration (250ms), or off")
+    for p in (p_rules, p_add, p_rm, p_release, p_clear, p_pace):
+        p.add_argument("--lab", metavar="ID", help="which lab (default: the only one)")
+        p.add_argument("--json", action="store_true", help="print the proxy's answers as JSON")
+        p.set_defaults(func=cmd_proxy)
 
     watch = sub.add_parser("watch", help="print TCP state changes of sockets in a namespace")
     watch.add_argument("--netns", required=True, help="network namespace to watch")

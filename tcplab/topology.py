@@ -439,8 +439,13 @@ def destroy(lab_id: str) -> list[str]:
                 if exc.errno != errno.ENOENT:
                     raise
             removed.append(name)
-    with contextlib.suppress(FileNotFoundError):
-        _record_path(lab_id).unlink()
+    for path in (
+        _record_path(lab_id),
+        RECORD_DIR / f"{lab_id}.proxy.sock",
+        RECORD_DIR / f"{lab_id}.proxy.log",
+    ):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
     return removed
 
 
