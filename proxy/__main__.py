@@ -65,6 +65,7 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
         sock, index = forward.open_packet_socket(port.name)
         interfaces.append(forward.Interface(port, index, sock))
     pcap_file = args.pcap.open("wb") if args.pcap else None
+    middlebox.describe_every_segment = pcap_file is not None
     writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
     emit = forward.log_events(log)
 

@@ -63,7 +63,7 @@ class Output:
     """Segments the proxy made: ``(port, frame, segment fields)``."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(slots=True)
 class _Routed:
     """A frame past routing, waiting to be sent (now, later, or on release)."""
 
@@ -117,6 +117,8 @@ class Middlebox:
         self.delayed = rulesmod.DelayQueue(queue_capacity)
         self.held = rulesmod.HoldQueue(queue_capacity)
         self.counters = dict.fromkeys(COUNTERS, 0)
+        self.describe_every_segment = False
+        """Fill ``Output.segment`` for every TCP segment (the capture's comments)."""
         self._last_expire = 0.0
 
     # --- the three ways in -------------------------------------------------
@@ -274,18 +276,24 @@ class Middlebox:
         action = verdict.action
         send_at = verdict.send_at if verdict.send_at is not None else now
         delayed = send_at > now
-        fields = segment_fields(tagged, action, verdict.rule, send_at - now if delayed else None)
-        routed = dataclasses.replace(routed, segment=fields)
-        out.segment = fields
-        if self.log_segments == "all" or (
+        log = self.log_segments == "all" or (
             self.log_segments == "control"
             and (
                 action != "pass"
                 or verdict.rule is not None
                 or not CONTROL_TAGS.isdisjoint(tagged.tags)
             )
-        ):
-            out.events.append((events.SEGMENT, fields))
+        )
+        # the event's fields are built only when someone reads them: the log,
+        # the capture's comments, or a held segment's later "release" event
+        if log or self.describe_every_segment or action != "pass":
+            fields = segment_fields(
+                tagged, action, verdict.rule, send_at - now if delayed else None
+            )
+            routed.segment = fields
+            out.segment = fields
+            if log:
+                out.events.append((events.SEGMENT, fields))
         if action in ("pass", "delay", "duplicate"):
             copies = 2 if action == "duplicate" else 1
             if action != "pass":

@@ -43,6 +43,49 @@ def test_lab_up_exec_down() -> None:
     assert lab_id not in topology.lab_namespaces()
 
 
+def test_lab_up_runs_any_program_through_the_proxy_and_faults_change_live() -> None:
+    """curl against http.server through the middlebox; `tcplab proxy add`
+    drops the next SYN-ACK and curl's connect takes the server's 1 s
+    retransmission; `lab down` stops the proxy and the server with the lab."""
+    up = tcplab("lab", "up", "--json")
+    assert up.returncode == 0, up.stderr
+    lab_id = json.loads(up.stdout)["lab"]
+    url = "http://198.51.100.1:8000/"
+    curl = ["lab", "exec", "cli", "--lab", lab_id, "--", "curl", "-s", "-o", "/dev/null"]
+    curl += ["-w", "%{http_code} %{time_connect}", "--max-time", "10", url]
+    try:
+        http_server = [sys.executable, "-m", "http.server", "8000"]
+        server = subprocess.Popen(
+            [*TCPLAB, "lab", "exec", "srv", "--lab", lab_id, "--", *http_server],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while True:  # wait for its listener, as the kernel reports it
+            ss = tcplab("lab", "exec", "srv", "--lab", lab_id, "--", "ss", "-Htln", "sport = 8000")
+            if ss.stdout.strip():
+                break
+            assert time.monotonic() < deadline, "http.server never listened"
+            time.sleep(0.1)
+        code, connect = tcplab(*curl).stdout.split()
+        assert code == "200" and float(connect) < 0.5
+        added = tcplab("proxy", "add", "--lab", lab_id, "--drop", "syn-ack@1")
+        assert added.returncode == 0 and "drop-syn-ack@1" in added.stdout, added.stderr
+        code, connect = tcplab(*curl).stdout.split()
+        assert code == "200" and 0.9 < float(connect) < 3.0
+        status = json.loads(tcplab("proxy", "rules", "--lab", lab_id, "--json").stdout)
+        (rule,) = status["rules"]
+        # one SYN-ACK dropped per connection: the second curl's
+        assert rule["fired"] == 1 and status["counters"]["dropped_rule"] == 1
+        bad = tcplab("proxy", "add", "--lab", lab_id, "--drop", "synack@1")
+        assert bad.returncode == 2 and "did you mean 'syn-ack'" in bad.stderr
+    finally:
+        down = tcplab("lab", "down", "--lab", lab_id)
+    assert down.returncode == 0, down.stderr
+    assert server.wait(timeout=10) is not None
+    assert not (topology.RECORD_DIR / f"{lab_id}.proxy.sock").exists()
+
+
 def test_lab_exec_with_no_lab_says_so() -> None:
     if topology.lab_namespaces():
         pytest.skip("another lab is up on this machine")

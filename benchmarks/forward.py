@@ -1,0 +1,233 @@
+"""The proxy against the kernel's own forwarding, in the same lab, same run.
+
+Run as root from the repository root::
+
+    .venv/bin/python benchmarks/forward.py [--rounds 5] [--megabytes 100]
+
+One lab; each round measures the kernel forwarding (ip_forward=1, no proxy)
+and then the proxy (ip_forward=0, ``python -m proxy`` in the middle, no
+rules), alternating, and prints medians and ratios:
+
+- bulk throughput: one TCP connection, client → server, ``--megabytes`` of
+  data written with sendall (1 MiB at a time), timed until the server has
+  read it all; ratio proxy ÷ kernel (target ≥ 0.5);
+- added round-trip time: 1-byte echo ping-pong over one connection, 2,000
+  round trips, p50 of proxy minus p50 of kernel (target ≤ 100 µs);
+- delay precision: with a ``delay client:data=D`` rule added through the
+  control API, the echo's round trip minus the no-rule round trip is the
+  delay the proxy really added; p99 of its absolute error from D, for D =
+  5 ms, 50 ms, 500 ms (target ≤ 2 ms).
+
+The proxy runs with ``--log-segments control`` (handshake, teardown, resets,
+retransmits and rule hits are logged; plain data and ACK segments are only
+counted): logging every one of a bulk transfer's segments as a JSON line
+costs more than forwarding it.  ``--log-segments all`` shows that cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+
+from proxy import control
+from tcplab import netns, runner, topology
+
+PORT = 9000
+CHUNK = 1 << 20
+
+
+class Sink:
+    """A server in the server namespace: reads until EOF (bulk) or echoes."""
+
+    def __init__(self, lab: topology.Lab, mode: str) -> None:
+        with netns.inside(lab.ns("srv")):
+            self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((lab.addr.server4, PORT))
+        self.listener.listen(8)
+        self.mode = mode
+        self.received = 0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buffer = bytearray(CHUNK)
+        while True:
+            n = conn.recv_into(buffer)
+            if not n:
+                break
+            self.received += n
+            if self.mode == "echo":
+                conn.sendall(buffer[:n])
+        conn.close()
+        self.done.set()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def connect(lab: topology.Lab) -> socket.socket:
+    with netns.inside(lab.ns("cli")):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.settimeout(30)
+    sock.connect((lab.addr.server4, PORT))
+    return sock
+
+
+def bulk(lab: topology.Lab, megabytes: int) -> float:
+    """Bits per second, client to server."""
+    sink = Sink(lab, "bulk")
+    data = b"x" * CHUNK
+    try:
+        sock = connect(lab)
+        start = time.perf_counter()
+        for _ in range(megabytes):
+            sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        if not sink.done.wait(120):
+            raise TimeoutError("bulk transfer did not finish")
+        elapsed = time.perf_counter() - start
+        sock.close()
+    finally:
+        sink.close()
+    return sink.received * 8 / elapsed
+
+
+def round_trips(lab: topology.Lab, count: int) -> list[float]:
+    """Seconds per 1-byte echo."""
+    sink = Sink(lab, "echo")
+    out = []
+    try:
+        sock = connect(lab)
+        for _ in range(20):  # warm up: neighbours resolved, flow known
+            sock.sendall(b"x")
+            sock.recv(1)
+        for _ in range(count):
+            start = time.perf_counter()
+            sock.sendall(b"x")
+            if sock.recv(1) != b"x":
+                raise RuntimeError("echo broke")
+            out.append(time.perf_counter() - start)
+        sock.close()
+    finally:
+        sink.close()
+    return out
+
+
+@contextlib.contextmanager
+def proxy_running(lab: topology.Lab, log_segments: str) -> Iterator[str]:
+    """The proxy forwarding in the middle; yields its control socket path."""
+    topology.set_forwarding(lab, topology.Forwarding.PROXY)
+    path = runner.control_path(lab)
+    argv = runner.daemon_argv(
+        "proxy",
+        lab.ns("mbx"),
+        ["--control", path, "--log-segments", log_segments],
+    )
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    if control.request(path, {"op": "rules"}, timeout=1).get("ok"):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.05)
+            yield path
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@contextlib.contextmanager
+def kernel_forwarding(lab: topology.Lab) -> Iterator[None]:
+    topology.set_forwarding(lab, topology.Forwarding.KERNEL)
+    yield
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--megabytes", type=int, default=100)
+    parser.add_argument("--round-trips", type=int, default=2000)
+    parser.add_argument("--log-segments", default="control", choices=["all", "control", "none"])
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        print("needs root (it builds a lab)", file=sys.stderr)
+        return 1
+
+    with topology.lab() as lab:
+        tput = {"kernel": [], "proxy": []}  # type: dict[str, list[float]]
+        rtt = {"kernel": [], "proxy": []}  # type: dict[str, list[float]]
+        for i in range(args.rounds):
+            with kernel_forwarding(lab):
+                tput["kernel"].append(bulk(lab, args.megabytes))
+                rtt["kernel"].append(statistics.median(round_trips(lab, args.round_trips)))
+            with proxy_running(lab, args.log_segments):
+                tput["proxy"].append(bulk(lab, args.megabytes))
+                rtt["proxy"].append(statistics.median(round_trips(lab, args.round_trips)))
+            print(
+                f"round {i + 1}: kernel {tput['kernel'][-1] / 1e9:.2f} Gbit/s "
+                f"rtt {rtt['kernel'][-1] * 1e6:.0f} us | proxy {tput['proxy'][-1] / 1e9:.2f} "
+                f"Gbit/s rtt {rtt['proxy'][-1] * 1e6:.0f} us",
+                flush=True,
+            )
+        ratios = [p / k for p, k in zip(tput["proxy"], tput["kernel"], strict=True)]
+        added = [p - k for p, k in zip(rtt["proxy"], rtt["kernel"], strict=True)]
+
+        errors: dict[float, list[float]] = {}
+        with proxy_running(lab, args.log_segments) as path:
+            base = statistics.median(round_trips(lab, 500))
+            for delay, samples in ((0.005, 200), (0.050, 60), (0.500, 12)):
+                answer = control.request(
+                    path,
+                    {"op": "add", "action": "delay", "rule": f"client:data={delay * 1000:g}ms"},
+                )
+                assert answer["ok"], answer
+                measured = round_trips(lab, samples)
+                control.request(path, {"op": "rm", "name": answer["name"]})
+                errors[delay] = [abs((m - base) - delay) for m in measured]
+
+    print()
+    print(f"proxy with --log-segments {args.log_segments}, {args.rounds} alternating rounds")
+    print(
+        f"bulk throughput: kernel {statistics.median(tput['kernel']) / 1e9:.2f} Gbit/s, "
+        f"proxy {statistics.median(tput['proxy']) / 1e9:.2f} Gbit/s, "
+        f"ratio proxy/kernel median {statistics.median(ratios):.2f} (target >= 0.5)"
+    )
+    print(
+        f"echo round trip p50: kernel {statistics.median(rtt['kernel']) * 1e6:.0f} us, "
+        f"proxy {statistics.median(rtt['proxy']) * 1e6:.0f} us, "
+        f"added median {statistics.median(added) * 1e6:.0f} us (target <= 100 us)"
+    )
+    for delay, errs in errors.items():
+        print(
+            f"delay {delay * 1000:g} ms: p99 abs error {percentile(errs, 0.99) * 1000:.2f} ms, "
+            f"median {statistics.median(errs) * 1000:.2f} ms over {len(errs)} (target <= 2 ms)"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
