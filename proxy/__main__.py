@@ -21,7 +21,7 @@ from typing import Any
 
 import trio
 
-from proxy import capture, control, forward, rules
+from proxy import capture, control, express, forward, rules
 from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
 from proxy.neighbours import RouteTable
 from proxy.options import add_rule_options, rules_from_args, rules_from_file
@@ -46,8 +46,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="all: every segment; control: handshake, teardown, resets, retransmits "
         "and any segment a rule touched; none",
     )
+    parser.add_argument(
+        "--express",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="hand established connections no rule can touch to a kernel fast path "
+        "(auto: when --log-segments is not all; see proxy/express.py)",
+    )
     parser.add_argument("--log-format", choices=logs.FORMATS, default="auto")
     return parser.parse_args(argv)
+
+
+def _express_setup(ports: list[str]) -> None:
+    for port in ports:
+        # leftovers of a proxy that was killed before it could clean up
+        express.run_tc(express.teardown_commands(port), check=False)
+        express.run_tc(express.setup_commands(port))
+
+
+def _express_teardown(ports: list[str]) -> None:
+    for port in ports:
+        express.run_tc(express.teardown_commands(port), check=False)
 
 
 async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) -> int:
@@ -60,10 +79,20 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
     )
     for port_name, ip, mac in known:
         middlebox.neighbours.learn(port_name, ip, mac, trio.current_time())
+    lane = args.express == "on" or (args.express == "auto" and args.log_segments != "all")
+    if lane:
+        await trio.to_thread.run_sync(_express_setup, [p.name for p in ports])
+        middlebox.express_enabled = True
     interfaces = []
     for port in ports:
-        sock, index = forward.open_packet_socket(port.name)
-        interfaces.append(forward.Interface(port, index, sock))
+        if lane:
+            shadow = express.shadow_names(port.name)[1]
+            sock, index = forward.open_packet_socket(shadow)
+            sender, _ = forward.open_packet_socket(port.name, receive=False)
+            interfaces.append(forward.Interface(port, index, sock, sender))
+        else:
+            sock, index = forward.open_packet_socket(port.name)
+            interfaces.append(forward.Interface(port, index, sock))
     pcap_file = args.pcap.open("wb") if args.pcap else None
     middlebox.describe_every_segment = pcap_file is not None
     writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
@@ -112,7 +141,10 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                 await trio.sleep_forever()
     finally:
         for iface in interfaces:
-            iface.sock.close()
+            iface.close()
+        if lane:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_express_teardown, [p.name for p in ports])
         if pcap_file is not None:
             pcap_file.close()
         log.info(
@@ -122,6 +154,7 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
             held_lost=len(middlebox.held),
             delayed_lost=len(middlebox.delayed),
             send_errors=forwarder.send_errors,
+            express_errors=forwarder.lane_errors or None,
             captured=writer.packets if writer else None,
         )
     return 0

@@ -25,14 +25,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import ipaddress
 import socket
 import struct
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal
 
 import trio
 
+from proxy import express
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
 
@@ -62,6 +64,19 @@ class Interface:
     port: Port
     index: int
     sock: socket.socket
+    """Where its frames are read: the port itself, or its shadow veth in
+    express mode (:mod:`proxy.express`)."""
+    send_sock: socket.socket | None = None
+    """Where frames leave, when that is not ``sock``."""
+
+    @property
+    def sender(self) -> socket.socket:
+        return self.send_sock or self.sock
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.send_sock is not None:
+            self.send_sock.close()
 
 
 def discover(names: Iterable[str]) -> tuple[list[Port], list[Route], list[tuple[str, str, bytes]]]:
@@ -113,12 +128,12 @@ def discover(names: Iterable[str]) -> tuple[list[Port], list[Route], list[tuple[
     return ports, routes, neighbours
 
 
-def open_packet_socket(ifname: str) -> tuple[socket.socket, int]:
-    """A non-blocking AF_PACKET socket bound to ``ifname``, and its index."""
+def open_packet_socket(ifname: str, *, receive: bool = True) -> tuple[socket.socket, int]:
+    """A non-blocking AF_PACKET socket bound to ``ifname``, and its index.
+    ``receive=False``: a socket only for sending (protocol 0 reads nothing)."""
+    protocol = socket.htons(ETH_P_ALL) if receive else 0
     sock = socket.socket(
-        socket.AF_PACKET,
-        socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
-        socket.htons(ETH_P_ALL),
+        socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, protocol
     )
     try:
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
@@ -132,7 +147,8 @@ def open_packet_socket(ifname: str) -> tuple[socket.socket, int]:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except PermissionError:
                 pass  # without CAP_NET_ADMIN the default buffers will do
-        sock.bind((ifname, ETH_P_ALL))
+        # the address's protocol is host order: Python applies htons itself
+        sock.bind((ifname, ETH_P_ALL if receive else 0))
         return sock, socket.if_nametoindex(ifname)
     except OSError:
         sock.close()
@@ -155,14 +171,22 @@ class Forwarder:
         self.on_events = on_events
         self.on_frame = on_frame
         self.send_errors = 0
+        self.lane_errors: list[str] = []
         self._wake = trio.Event()
         self._timer_at = float("inf")
+        # lane operations for the thread that runs tc, in order; bounded: at
+        # most one add and one remove per lane are ever in flight
+        self._lane_ops, self._lane_inbox = trio.open_memory_channel[
+            tuple[Literal["add", "remove"], Any]
+        ](4 * express.MAX_EXPRESS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             for iface in self.interfaces.values():
                 nursery.start_soon(self._read_loop, iface)
             nursery.start_soon(self._timer_loop)
+            if self.middlebox.express_enabled:
+                nursery.start_soon(self._lane_loop)
             task_status.started()
 
     def release(self, rule: str | None = None) -> int:
@@ -172,8 +196,35 @@ class Forwarder:
         return len(out.frames)
 
     def changed(self) -> None:
-        """The rules changed: re-plan the timer."""
+        """The rules changed: re-plan the timer, recall express connections
+        if rules now need their data."""
         self._wake.set()
+        self._deliver(self.middlebox.express_recall())
+
+    async def _lane_loop(self) -> None:
+        """Install and remove express filters, one at a time, off the loop."""
+        mb = self.middlebox
+        op: Literal["add", "remove"]
+        async for op, lane in self._lane_inbox:
+            if op == "add":
+                commands = express.add_commands(
+                    lane.slot, lane.client, lane.server, mb.front, mb.back
+                )
+            else:
+                commands = express.remove_commands(lane.slot, mb.front, mb.back)
+            try:
+                await trio.to_thread.run_sync(express.run_tc, commands)
+            except OSError as exc:
+                self.lane_errors.append(str(exc))
+                if op == "add":
+                    # half-installed: take out what may be there, forward in the proxy
+                    undo = express.remove_commands(lane.slot, mb.front, mb.back)
+                    await trio.to_thread.run_sync(
+                        functools.partial(express.run_tc, undo, check=False)
+                    )
+                    self._deliver(mb.express_failed(lane, trio.current_time()))
+                    continue
+            self._deliver(mb.express_done(lane, op, trio.current_time()))
 
     async def _read_loop(self, iface: Interface) -> None:
         sock = iface.sock
@@ -209,9 +260,13 @@ class Forwarder:
 
     def _deliver(self, out: Output) -> None:
         interfaces = self.interfaces
+        for lane in out.express_add:
+            self._lane_ops.send_nowait(("add", lane))
+        for lane in out.express_remove:
+            self._lane_ops.send_nowait(("remove", lane))
         for port, frame in out.frames:
             try:
-                interfaces[port].sock.send(frame)
+                interfaces[port].sender.send(frame)
             except (BlockingIOError, OSError):
                 # a full device queue: the frame is lost as on a real link
                 self.send_errors += 1

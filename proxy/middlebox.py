@@ -41,6 +41,12 @@ from proxy import wire
 from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
 from tcplab import events
 
+# a FIN, RST or SYN takes a connection out of the express lane
+_LANE_EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN
+# rules on these tags need to see data and pure ACKs: no express lane
+_LANE_TAGS = frozenset({None, "data", "ack", "retransmit"})
+MAX_EXPRESS = 64
+
 LogSegments = Literal["all", "control", "none"]
 LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
 CONTROL_TAGS = frozenset(
@@ -61,6 +67,30 @@ class Output:
     """The received frame's ``segment`` fields, when it was a TCP segment."""
     injected: list[tuple[str, bytes, dict[str, Any]]] = dataclasses.field(default_factory=list)
     """Segments the proxy made: ``(port, frame, segment fields)``."""
+    express_add: list[ExpressLane] = dataclasses.field(default_factory=list)
+    """Connections to hand to the kernel lane (the shell installs, then calls
+    :meth:`Middlebox.express_done`)."""
+    express_remove: list[ExpressLane] = dataclasses.field(default_factory=list)
+    """Connections to take back from it (ditto)."""
+
+    def extend(self, other: Output) -> None:
+        self.frames.extend(other.frames)
+        self.events.extend(other.events)
+        self.injected.extend(other.injected)
+        self.express_add.extend(other.express_add)
+        self.express_remove.extend(other.express_remove)
+
+
+@dataclasses.dataclass(slots=True)
+class ExpressLane:
+    """One connection's place in the kernel lane (see :mod:`proxy.express`)."""
+
+    slot: int
+    client: tuple[str, int]
+    server: tuple[str, int]
+    state: Literal["installing", "on", "leaving"] = "installing"
+    parked: list[tuple[str, bytes, bool]] = dataclasses.field(default_factory=list)
+    """Frames waiting for the lane to close: ``(port, frame, csum_not_ready)``."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -92,6 +122,8 @@ COUNTERS = (
     "dropped_unresolved",
     "dropped_queue_full",
     "checksums_completed",
+    "express_connections",
+    "express_parked",
 )
 
 
@@ -119,6 +151,11 @@ class Middlebox:
         self.counters = dict.fromkeys(COUNTERS, 0)
         self.describe_every_segment = False
         """Fill ``Output.segment`` for every TCP segment (the capture's comments)."""
+        self.express_enabled = False
+        """Hand established connections to the kernel lane when no rule can
+        touch their data (the shell sets this when it built the lane)."""
+        self.lanes: dict[tuple[tuple[str, int], tuple[str, int]], ExpressLane] = {}
+        self.front, self.back = list(self.ports)[:2] if len(self.ports) >= 2 else ("", "")
         self._last_expire = 0.0
 
     # --- the three ways in -------------------------------------------------
@@ -156,6 +193,21 @@ class Middlebox:
             )
             return out
         ip = parsed.ip
+        tcp = parsed.tcp
+        if self.lanes and tcp is not None and ip is not None:
+            lane = self.lanes.get(((ip.src, tcp.src_port), (ip.dst, tcp.dst_port))) or (
+                self.lanes.get(((ip.dst, tcp.dst_port), (ip.src, tcp.src_port)))
+            )
+            if lane is not None and (lane.state == "leaving" or tcp.flags & _LANE_EXIT_FLAGS):
+                # a FIN, RST or SYN of an express connection: take the
+                # connection back from the kernel lane first, so the segments
+                # that answer this one come through the proxy again
+                if lane.state != "leaving":
+                    lane.state = "leaving"
+                    out.express_remove.append(lane)
+                lane.parked.append((port_name, bytes(frame), csum_not_ready))
+                counters["express_parked"] += 1
+                return out
         if ip is None:
             counters["to_kernel"] += 1
             if parsed.eth.ethertype == wire.ETH_P_ARP:
@@ -208,7 +260,6 @@ class Middlebox:
             )
             return out
         routed = _Routed(out_name, next_hop, buf)
-        tcp = parsed.tcp
         if tcp is None:
             self._send_routed(routed, now, out)
             return out
@@ -242,6 +293,70 @@ class Middlebox:
                 out.events.append((events.SEGMENT, fields))
             self._send_routed(routed, now, out)
         return out
+
+    def express_done(self, lane: ExpressLane, op: Literal["add", "remove"], now: float) -> Output:
+        """The shell finished installing (``add``) or removing ``lane``'s filters.
+        A lane that was asked to leave while it was being installed waits for
+        its removal: until then the kernel may still forward its segments."""
+        out = Output()
+        key = (lane.client, lane.server)
+        if self.lanes.get(key) is not lane:
+            return out
+        if op == "add":
+            if lane.state == "installing":
+                lane.state = "on"
+        else:
+            del self.lanes[key]
+            for port_name, frame, not_ready in lane.parked:
+                out.extend(self.receive(port_name, frame, now, csum_not_ready=not_ready))
+        return out
+
+    def express_failed(self, lane: ExpressLane, now: float) -> Output:
+        """Installing failed (and what may have been installed was removed):
+        forget the lane, keep forwarding in the proxy."""
+        return self.express_done(lane, "remove", now)
+
+    def express_allowed(self) -> bool:
+        """No rule could want a data or pure-ACK segment, and nothing is paced."""
+        if not self.express_enabled or self.engine.pace:
+            return False
+        return all(r.match.tag not in _LANE_TAGS for r in self.engine.rules)
+
+    def express_recall(self) -> Output:
+        """Rules changed so that data matters again: take every connection back."""
+        out = Output()
+        if self.express_allowed():
+            return out
+        for lane in self.lanes.values():
+            if lane.state != "leaving":
+                lane.state = "leaving"
+                out.express_remove.append(lane)
+        return out
+
+    def _maybe_express(self, tagged: flowsmod.Tagged, now: float, out: Output) -> None:
+        flow = tagged.flow
+        key = (flow.client, flow.server)
+        if (
+            not flow.handshake_done
+            or flow.reset
+            or flow.first_fin is not None
+            or key in self.lanes
+            or len(self.lanes) >= MAX_EXPRESS
+            or not self.express_allowed()
+        ):
+            return
+        # the kernel lane keeps Ethernet headers: only with mirrored MACs
+        front, back = self.ports[self.front], self.ports[self.back]
+        client_mac = self.neighbours.lookup(self.front, flow.client[0], now)
+        server_mac = self.neighbours.lookup(self.back, flow.server[0], now)
+        if client_mac != back.mac or server_mac != front.mac:
+            return
+        used = {lane.slot for lane in self.lanes.values()}
+        slot = next(i for i in range(MAX_EXPRESS + 1) if i not in used)
+        lane = ExpressLane(slot, flow.client, flow.server)
+        self.lanes[key] = lane
+        self.counters["express_connections"] += 1
+        out.express_add.append(lane)
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next (None: nothing pending)."""
@@ -294,6 +409,8 @@ class Middlebox:
             out.segment = fields
             if log:
                 out.events.append((events.SEGMENT, fields))
+        if action == "pass" and not delayed and self.express_enabled:
+            self._maybe_express(tagged, now, out)
         if action in ("pass", "delay", "duplicate"):
             copies = 2 if action == "duplicate" else 1
             if action != "pass":

@@ -16,6 +16,10 @@ Who forwards in the middle is decided in one place, :class:`Forwarding`:
 ``kernel`` turns on IP forwarding in the middle namespace; ``proxy`` leaves
 it off, and the middlebox process forwards frames itself.
 
+The middlebox's ports wear mirrored MACs (``mc0`` has the server's, ``ms0``
+the client's), so a frame can cross it unchanged: the proxy's express lane
+(``proxy/express.py``) relies on it.
+
 The endpoint veths get TX checksum offload, TSO and GSO turned off, so that
 every frame on the wire is one real segment with a finished checksum — a
 frame a userspace forwarder reads off a veth otherwise may be a 64 KiB
@@ -258,6 +262,19 @@ def _build(lab: Lab, spec: LabSpec) -> None:
                 else:
                     ip.route("add", dst="0.0.0.0/0", gateway=gw)
         _offloads_off(ns, ifname)
+
+    # Mirrored MACs: the middlebox's client-side port wears the server's MAC
+    # and its server-side port the client's.  Each endpoint still sees one
+    # gateway MAC, but a frame can now cross the middlebox with its Ethernet
+    # header unchanged — which lets the proxy hand established connections to
+    # a kernel fast path that cannot rewrite MACs (proxy/express.py).
+    macs = {}
+    for ns, ifname in ((cli, CLIENT_IF), (srv, SERVER_IF)):
+        with IPRoute(netns=ns) as ip:
+            macs[ifname] = ip.get_links(_one(ip, ifname))[0].get_attr("IFLA_ADDRESS")
+    with IPRoute(netns=mbx) as ip:
+        ip.link("set", index=_one(ip, FRONT_IF), address=macs[SERVER_IF])
+        ip.link("set", index=_one(ip, BACK_IF), address=macs[CLIENT_IF])
 
     with IPRoute(netns=mbx) as ip:
         ip.link("set", index=_one(ip, "lo"), state="up")

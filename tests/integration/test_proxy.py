@@ -213,3 +213,23 @@ async def test_pcapng_read_by_tshark_matches_the_counters(tmp_path: Path) -> Non
     dropped = [line for line in out if "verdict=drop" in line]
     assert len(dropped) == 1 and "rule=drop-syn-ack@1" in dropped[0]
     assert len([line for line in out if "verdict=" in line]) == counters["segments"]
+
+
+async def test_express_lane_carries_the_data_and_gives_the_teardown_back() -> None:
+    """With --log-segments control and no rule on data, the established
+    connection rides the kernel lane; its FIN takes it back to the proxy, so
+    every teardown segment is still seen, tagged and logged."""
+    result = await run(
+        "--log-segments", "control", send=("x" * 1000,) * 50, server_close="immediate"
+    )
+    (done,) = result.of("proxy", events.DAEMON_DONE)
+    assert done["counters"]["express_connections"] == 1
+    assert done["counters"]["express_parked"] >= 1
+    assert not done.get("express_errors")
+    # 50 echoes of 1,001 bytes each way, and the proxy forwarded few of them
+    assert done["counters"]["segments"] < 50
+    assert conversation_ok(result)
+    tags = [tuple(s["tags"]) for s in segs(result)]
+    assert tags[:3] == [("syn",), ("syn-ack",), ("handshake-ack",)]
+    assert tags[-3:] == [("fin",), ("fin", "fin-ack"), ("fin-ack", "last-ack")]
+    assert entered(result, "client", "TIME_WAIT")["source"] == "poll"

@@ -41,14 +41,16 @@ def box(*specs: tuple[str, str], mtu: int = 1500, **kw: object) -> Middlebox:
     return mb
 
 
-def from_client(flags: int, seq: int, ack: int = 0, payload: bytes = b"") -> bytes:
+def from_client(
+    flags: int, seq: int, ack: int = 0, payload: bytes = b"", gateway: bytes = FRONT_MAC
+) -> bytes:
     return wire.build_tcp_frame(
-        CLIENT_MAC, FRONT_MAC, CLIENT, SERVER, 40000, 7007, seq, ack, flags, payload=payload
+        CLIENT_MAC, gateway, CLIENT, SERVER, 40000, 7007, seq, ack, flags, payload=payload
     )
 
 
-def from_server(flags: int, seq: int, ack: int = 0) -> bytes:
-    return wire.build_tcp_frame(SERVER_MAC, BACK_MAC, SERVER, CLIENT, 7007, 40000, seq, ack, flags)
+def from_server(flags: int, seq: int, ack: int = 0, gateway: bytes = BACK_MAC) -> bytes:
+    return wire.build_tcp_frame(SERVER_MAC, gateway, SERVER, CLIENT, 7007, 40000, seq, ack, flags)
 
 
 def segments(out: object) -> list[dict[str, object]]:
@@ -190,3 +192,91 @@ def test_control_mode_logs_only_control_segments() -> None:
     mb.receive("mc0", from_client(wire.ACK, 101, 501), 0.0)
     out = mb.receive("mc0", from_client(wire.PSH | wire.ACK, 101, 501, b"data"), 0.0)
     assert segments(out) == [] and len(out.frames) == 1
+
+
+def established(mb: Middlebox) -> None:
+    # addressed to the gateway MACs the endpoints see
+    front, back = mb.ports["mc0"].mac, mb.ports["ms0"].mac
+    mb.receive("mc0", from_client(wire.SYN, 100, gateway=front), 0.0)
+    mb.receive("ms0", from_server(wire.SYN | wire.ACK, 500, 101, gateway=back), 0.0)
+
+
+def mirrored_box(*specs: tuple[str, str], **kw: object) -> Middlebox:
+    """Ports wearing the other side's MAC, as the lab builds them."""
+    mb = box(*specs, **kw)
+    front, back = mb.ports["mc0"], mb.ports["ms0"]
+    mb.ports["mc0"] = neighbours.Port("mc0", SERVER_MAC, front.mtu, front.addresses)
+    mb.ports["ms0"] = neighbours.Port("ms0", CLIENT_MAC, back.mtu, back.addresses)
+    mb.express_enabled = True
+    return mb
+
+
+def test_express_lane_after_the_handshake_and_back_for_the_fin() -> None:
+    mb = mirrored_box(log_segments="control")
+    established(mb)
+    out = mb.receive("mc0", from_client(wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0)
+    (lane,) = out.express_add
+    assert (lane.client, lane.server) == ((CLIENT, 40000), (SERVER, 7007))
+    assert mb.express_done(lane, "add", 0.01).frames == [] and lane.state == "on"
+    # the client's FIN waits until the lane is gone...
+    fin = mb.receive("mc0", from_client(wire.FIN | wire.ACK, 101, 501, gateway=SERVER_MAC), 0.02)
+    assert fin.frames == [] and fin.express_remove == [lane]
+    # ... then goes through the proxy, tagged and logged
+    done = mb.express_done(lane, "remove", 0.03)
+    assert [p for p, _ in done.frames] == ["ms0"]
+    assert segments(done)[0]["tags"] == ["fin"]
+    assert mb.lanes == {}
+
+
+def test_a_lane_asked_to_leave_while_installing_waits_for_its_removal() -> None:
+    mb = mirrored_box(log_segments="control")
+    established(mb)
+    (lane,) = mb.receive(
+        "mc0", from_client(wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0
+    ).express_add
+    assert (
+        mb.receive(
+            "mc0", from_client(wire.FIN | wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0
+        ).frames
+        == []
+    )
+    # the install finishing does not release the FIN: the filters are still there
+    assert mb.express_done(lane, "add", 0.01).frames == []
+    assert len(mb.express_done(lane, "remove", 0.02).frames) == 1
+
+
+def test_no_express_lane_when_rules_need_data_or_macs_differ() -> None:
+    for mb in (
+        mirrored_box(("drop", "data@3"), log_segments="control"),
+        box(log_segments="control"),  # MACs not mirrored
+    ):
+        mb.express_enabled = True
+        established(mb)
+        ack = from_client(wire.ACK, 101, 501, gateway=mb.ports["mc0"].mac)
+        out = mb.receive("mc0", ack, 0.0)
+        assert len(out.frames) == 1 and out.express_add == []
+    # a data rule added at run time recalls the lanes there are
+    mb = mirrored_box(log_segments="control")
+    established(mb)
+    (lane,) = mb.receive(
+        "mc0", from_client(wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0
+    ).express_add
+    mb.express_done(lane, "add", 0.0)
+    mb.engine.add(rules.parse_cli("drop", "data@1"))
+    assert mb.express_recall().express_remove == [lane]
+
+
+def test_express_commands() -> None:
+    from proxy import express
+
+    add = express.add_commands(3, ("192.0.2.1", 40000), ("198.51.100.1", 7007), "mc0", "ms0")
+    front, back = (" ".join(c) for c in add)
+    assert "dev mc0 ingress prio 103" in front and "redirect dev ms0" in front
+    assert "ip src 192.0.2.1/32" in front and "sport 40000" in front
+    assert "ip src 198.51.100.1/32" in back and "redirect dev mc0" in back
+    assert "match u8 0 0x7 at 33" in front  # no SYN, FIN or RST
+    v6 = " ".join(
+        express.add_commands(0, ("2001:db8:1::1", 1), ("2001:db8:2::1", 2), "mc0", "ms0")[0]
+    )
+    assert "protocol ipv6" in v6 and "at 53" in v6
+    assert express.remove_commands(3, "mc0", "ms0")[1][-3:] == ["ingress", "prio", "103"]
