@@ -81,8 +81,17 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
         middlebox.neighbours.learn(port_name, ip, mac, trio.current_time())
     lane = args.express == "on" or (args.express == "auto" and args.log_segments != "all")
     if lane:
-        await trio.to_thread.run_sync(_express_setup, [p.name for p in ports])
-        middlebox.express_enabled = True
+        try:
+            await trio.to_thread.run_sync(_express_setup, [p.name for p in ports])
+        except OSError as exc:
+            await trio.to_thread.run_sync(_express_teardown, [p.name for p in ports])
+            if args.express == "on":
+                raise
+            # no tc, or a kernel without clsact/u32/mirred: every frame
+            # through the proxy, which is correct, only slower
+            log.warning(events.EXPRESS_UNAVAILABLE, reason=str(exc))
+            lane = False
+        middlebox.express_enabled = lane
     interfaces = []
     for port in ports:
         if lane:

@@ -71,6 +71,9 @@ LAB_CLEAN: Final = "lab_clean"
 CONVERSATION_DONE: Final = "conversation_done"
 """client: one connection's scripted conversation ended (``ok``, ``error``)."""
 FRAME_DROPPED: Final = "frame_dropped"
+EXPRESS_UNAVAILABLE: Final = "express_unavailable"
+"""proxy: the kernel fast lane could not be set up (``reason``); every frame
+goes through the proxy."""
 RULES_CHANGED: Final = "rules_changed"
 """proxy: the rules changed at run time (``op``: add, rm, clear, release, pace)."""
 """proxy: a frame was not forwarded for a reason other than a rule (too big…)."""
@@ -89,6 +92,7 @@ KNOWN_EVENTS: Final = frozenset(
         CONVERSATION_DONE,
         FRAME_DROPPED,
         RULES_CHANGED,
+        EXPRESS_UNAVAILABLE,
     }
     | APP_EVENTS
 )
