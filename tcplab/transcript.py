@@ -52,6 +52,9 @@ def describe(event: Mapping[str, Any]) -> str:
             f"{arrow} {event.get('flags', '?'):<4} seq={event.get('rseq')} "
             f"ack={event.get('rack')} len={event.get('len')}"
         )
+        roles = [t for t in event.get("tags", []) if t not in ("data", "ack")]
+        if roles:
+            text += "  " + " ".join(roles)
         if verdict != "pass":
             text += f"  [{verdict.upper()}"
             if event.get("delay_ms"):
@@ -80,6 +83,14 @@ def describe(event: Mapping[str, Any]) -> str:
                 bit += f" with {sock['expires_ms'] / 1000:.1f} s left"
             bits.append(f"{bit} ({sock.get('conn')})")
         return f"observer stopped ({event.get('reason')}): " + "; ".join(bits)
+    if event.get("component") == "proxy" and name == events.DAEMON_READY:
+        rules = ", ".join(f"{r['action']} {r['rule']}" for r in event.get("rules") or [])
+        pace = f"; pace {event['pace_ms']:g} ms" if event.get("pace_ms") else ""
+        return f"proxy forwarding; rules: {rules or 'none'}{pace}"
+    if event.get("component") == "proxy" and name == events.DAEMON_DONE:
+        counters = event.get("counters") or {}
+        shown = ", ".join(f"{k}={v}" for k, v in counters.items() if v)
+        return f"proxy stopped ({event.get('status')}): {shown or 'nothing seen'}"
     extras = {
         k: v
         for k, v in event.items()
