@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from proxy.options import add_rule_options
@@ -88,6 +89,8 @@ def _fault_argv(args: argparse.Namespace, command: str) -> tuple[str, ...]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.scenario:
+        return cmd_run_scenario(args)
     _need_net_admin("run")
     from tcplab import runner, transcript
 
@@ -148,6 +151,191 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.pcap:
             print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
     return 0 if result.client_status == 0 and result.server_status == 0 else 1
+
+
+# --- scenarios -------------------------------------------------------------------
+
+
+def _load_scenario(name: str, command: str) -> Any:
+    from tcplab import scenario
+
+    try:
+        return scenario.load(scenario.find(name))
+    except scenario.ScenarioError as exc:
+        print(f"tcplab {command}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def cmd_run_scenario(args: argparse.Namespace) -> int:
+    from tcplab import runner, scenario, timeline
+
+    sc = _load_scenario(args.scenario, "run")
+    _need_net_admin("run")
+    pace = parse_duration(args.pace) if args.pace else None
+    opts = runner.scenario_options(sc, pace=pace)
+    spec = topology.LabSpec(forwarding=topology.Forwarding.PROXY, sysctls=sc.sysctls)
+    out = sys.stdout
+    ladder = timeline.Ladder()
+    if not args.json:
+        print(f"{sc.name}: {sc.title}\n", file=out)
+        for line in ladder.header():
+            print(line, file=out)
+
+    def show(event: dict[str, Any]) -> None:
+        if args.json:
+            out.write(json.dumps(event) + "\n")
+        else:
+            for line in ladder.feed(event):
+                out.write(line + "\n")
+        out.flush()
+
+    try:
+        result = runner.run(opts, on_event=show, spec=spec)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the lab was torn down", file=sys.stderr)
+        return 130
+    except topology.TopologyError as exc:
+        print(f"tcplab run: {exc}", file=sys.stderr)
+        return 1
+    statuses = {"client": result.client_status, "server": result.server_status}
+    failures = scenario.check(sc, result.events, statuses)
+    if args.json:
+        done = {
+            "ts": runner.wall_now(),
+            "component": "runner",
+            "event": "run_done",
+            "scenario": sc.name,
+            "client_status": result.client_status,
+            "server_status": result.server_status,
+            "proxy_status": result.proxy_status,
+            "failures": failures,
+        }
+        out.write(json.dumps(done) + "\n")
+    else:
+        print("", file=out)
+        print(sc.teaches_zh if args.lang == "zh" else sc.teaches, file=out)
+        print("", file=out)
+        if failures:
+            print(f"{len(failures)} expectation(s) not met:", file=out)
+            for failure in failures:
+                print(f"  ✗ {failure}", file=out)
+        else:
+            print("every expectation held ✓", file=out)
+    for line in result.stray:
+        print(f"  ! {line}", file=sys.stderr)
+    if args.html:
+        explanation = sc.teaches_zh if args.lang == "zh" else sc.teaches
+        page = timeline.render_html(
+            result.events, title=f"{sc.name}: {sc.title}", explanation=explanation,
+            failures=failures,
+        )  # fmt: skip
+        with open(args.html, "w", encoding="utf-8") as fh:
+            fh.write(page)
+        if not args.json:
+            print(f"ladder diagram: {args.html}", file=out)
+    return 0 if not failures else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from tcplab import scenario
+
+    for path in scenario.catalogue():
+        try:
+            sc = scenario.load(path)
+        except scenario.ScenarioError as exc:
+            print(f"{path.stem:<28} (invalid: {exc})")
+            continue
+        print(f"{sc.name:<28} {sc.title}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    sc = _load_scenario(args.name, "show")
+    print(f"{sc.name}: {sc.title}\n")
+    print(sc.teaches_zh if args.lang == "zh" else sc.teaches)
+    print()
+    breaks = [f"{r.action} {r.match.from_ + ':' if r.match.from_ else ''}{r.match.tag or 'any'}"
+              + (f"@{','.join(map(str, sorted(r.match.nth)))}" if r.match.nth else "")
+              + (f" by {r.delay * 1000:g} ms" if r.delay else "") for r in sc.rules]  # fmt: skip
+    print("faults: " + ("; ".join(breaks) if breaks else "none"))
+    if sc.pace:
+        print(f"pace: every segment {sc.pace * 1000:g} ms late")
+    print(f"server: {dict(sc.server) or 'defaults'}; client: {dict(sc.client) or 'defaults'}")
+    if sc.sysctls:
+        print(f"sysctls: {dict(sc.sysctls)}")
+    print(f"\nrun it: tcplab run {sc.name}")
+    return 0
+
+
+def cmd_schema(_args: argparse.Namespace) -> int:
+    from tcplab import scenario
+
+    print(json.dumps(scenario.json_schema(), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    import trio
+
+    from tcplab import scenario
+
+    _need_net_admin("verify")
+    paths = [scenario.find(n) for n in args.names] if args.names else scenario.catalogue()
+    loaded = [(p, _load_scenario(str(p), "verify")) for p in paths]
+    results: dict[str, tuple[list[str], float]] = {}
+    total = len(loaded)
+
+    async def one(path: Any, sc: Any, limiter: trio.CapacityLimiter) -> None:
+        async with limiter:
+            started = time.monotonic()
+            proc = await trio.run_process(
+                [sys.executable, "-m", "tcplab.cli", "run", str(path), "--json"],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
+            )
+            failures: list[str] = []
+            done = None
+            for raw in proc.stdout.splitlines():
+                try:
+                    event = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "run_done":
+                    done = event
+            if done is None:
+                tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
+                failures.append(
+                    f"the run did not finish (exit {proc.returncode}): {' | '.join(tail)}"
+                )
+            else:
+                failures = list(done.get("failures", []))
+            results[sc.name] = (failures, time.monotonic() - started)
+            mark = "ok" if not failures else f"FAILED ({len(failures)})"
+            print(f"[{len(results)}/{total}] {sc.name:<28} {mark}  {results[sc.name][1]:.1f} s",
+                  flush=True)  # fmt: skip
+
+    async def main() -> None:
+        limiter = trio.CapacityLimiter(args.jobs)
+        async with trio.open_nursery() as nursery:
+            for path, sc in loaded:
+                nursery.start_soon(one, path, sc, limiter)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the labs were torn down", file=sys.stderr)
+        return 130
+    print()
+    print(f"{'scenario':<28} {'result':<8} {'time':>7}")
+    for _path, sc in loaded:
+        failures, took = results.get(sc.name, (["not run"], 0.0))
+        print(f"{sc.name:<28} {'ok' if not failures else 'FAILED':<8} {took:6.1f}s")
+        for failure in failures:
+            print(f"    ✗ {failure}")
+    failed = sum(1 for f, _ in results.values() if f)
+    print(f"\n{total - failed}/{total} scenarios held every expectation")
+    return 0 if failed == 0 and len(results) == total else 1
 
 
 # --- lab -----------------------------------------------------------------------
@@ -436,7 +624,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="build a lab, run one conversation, print every state change")
+    run = sub.add_parser(
+        "run",
+        help="run a scenario (NAME or FILE) as a ladder diagram, or one ad-hoc conversation",
+    )
+    run.add_argument("scenario", nargs="?", help="a catalogue name (tcplab list) or a .toml file")
+    run.add_argument("--html", metavar="FILE", help="also write the ladder diagram as HTML")
+    run.add_argument("--lang", choices=["en", "zh"], default="en", help="explanation language")
     run.add_argument(
         "--server-close",
         default="immediate",
@@ -486,6 +680,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_rule_options(run)
     run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="the scenario catalogue")
+    lst.set_defaults(func=cmd_list)
+    show = sub.add_parser("show", help="what a scenario teaches and what it breaks")
+    show.add_argument("name")
+    show.add_argument("--lang", choices=["en", "zh"], default="en")
+    show.set_defaults(func=cmd_show)
+    verify = sub.add_parser("verify", help="run scenarios and check every expectation")
+    verify.add_argument("names", nargs="*", help="scenarios (default: the whole catalogue)")
+    verify.add_argument("--jobs", type=int, default=1, help="scenarios at a time (own labs)")
+    verify.set_defaults(func=cmd_verify)
+    schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
+    schema.set_defaults(func=cmd_schema)
 
     lab = sub.add_parser("lab", help="a lab that stays up: up, down, exec, status")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="ACTION")

@@ -71,6 +71,8 @@ LAB_CLEAN: Final = "lab_clean"
 CONVERSATION_DONE: Final = "conversation_done"
 """client: one connection's scripted conversation ended (``ok``, ``error``)."""
 FRAME_DROPPED: Final = "frame_dropped"
+RUN_DONE: Final = "run_done"
+"""runner: the run is over; the daemons' exit statuses (``client_status``…)."""
 EXPRESS_UNAVAILABLE: Final = "express_unavailable"
 """proxy: the kernel fast lane could not be set up (``reason``); every frame
 goes through the proxy."""
@@ -93,6 +95,7 @@ KNOWN_EVENTS: Final = frozenset(
         FRAME_DROPPED,
         RULES_CHANGED,
         EXPRESS_UNAVAILABLE,
+        RUN_DONE,
     }
     | APP_EVENTS
 )

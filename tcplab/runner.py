@@ -315,6 +315,43 @@ def _result(
     )
 
 
+def scenario_options(sc: Any, *, pace: float | None = None) -> RunOptions:
+    """The run a scenario describes (``sc``: :class:`tcplab.scenario.Scenario`)."""
+    server, client = sc.server, sc.client
+    port = int(server.get("port", SERVER_PORT))
+    client_port = int(client.get("port", port))
+    ipv6 = bool(client.get("ipv6", False))
+    client_extra: list[str] = []
+    if client_port != port:
+        host = topology.Addressing().server6 if ipv6 else topology.Addressing().server4
+        client_extra += ["--connect", events.endpoint(host, client_port)]
+    if "connect_timeout" in client:
+        client_extra += ["--connect-timeout", format_duration(client["connect_timeout"])]
+    server_extra: list[str] = []
+    if "idle_timeout" in server:
+        server_extra += ["--idle-timeout", format_duration(server["idle_timeout"])]
+    proxy_args = sc.proxy_args()
+    if pace is not None:
+        proxy_args = [a for a in proxy_args if a != "--pace"]
+        proxy_args += ["--pace", format_duration(pace)]
+    return RunOptions(
+        server_close=str(server.get("close", "immediate")),
+        client_close=str(client.get("close", "active")),
+        send=tuple(client.get("send", ("hello",))),
+        count=int(client.get("count", 1)),
+        concurrency=int(client.get("concurrency", 1)),
+        ipv6=ipv6,
+        port=port,
+        observe_for=sc.observe_for,
+        farewell=server.get("farewell"),
+        sysctls=sc.sysctls,
+        deadline=sc.deadline,
+        server_extra=tuple(server_extra),
+        client_extra=tuple(client_extra),
+        proxy_args=tuple(proxy_args),
+    )
+
+
 def run(
     opts: RunOptions,
     on_event: Callable[[dict[str, Any]], None] | None = None,
