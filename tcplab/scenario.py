@@ -55,7 +55,11 @@ A scenario is a TOML file::
     tags = ["syn", "retransmit"]   # all of these
     verdict = "pass"
     after = ["900ms", "1500ms"]    # since the previous expected segment
-    count = 1                # optional: exactly this many such segments in the run
+    [[expect.segments]]
+    from = "server"
+    tag = "syn-ack"
+    count = 1                # a count: exactly this many such segments in the whole
+                             # run (not a step of the sequence)
 
 Validation (:func:`load` / :func:`parse`) checks every key and type before
 anything starts, and each error names the file, the line, the field and
@@ -154,7 +158,7 @@ SEGMENT_EXPECT: dict[str, Field] = {
     "flags": ("str", "exact flags, e.g. FA", ""),
     "verdict": ("str", " | ".join(VERDICTS), ""),
     "after": ("duration-pair", "[min, max] since the previous expected segment", ""),
-    "count": ("int", "exactly this many matching segments in the whole run", ""),
+    "count": ("int", "exactly this many matching segments in the run (not a step)", ""),
 }
 
 
@@ -737,9 +741,11 @@ def _check_segments(
     previous: Mapping[str, Any] | None = None
     for want in wants:
         if want.count is not None:
+            # a count is about the whole run, not a step in the sequence
             found = sum(1 for e in segs if _matches(want, e))
             if found != want.count:
                 out.append(f"segments: expected {want.count} × {want.describe()}, saw {found}")
+            continue
         hit = next((i for i in range(position, len(segs)) if _matches(want, segs[i])), None)
         if hit is None:
             after = f" after {_fmt_t(float(previous['ts']), t0)}" if previous else ""
