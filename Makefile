@@ -11,9 +11,10 @@ $(BIN)/tcplab: pyproject.toml
 	$(BIN)/pip install -q -e '.[test,dev]'
 	@touch $@
 
-## demo: build a lab, run one echo conversation, print every kernel state change
+## demo: a short tour in slow motion: the handshake and teardown, then a lost last ACK
 demo: $(BIN)/tcplab
-	$(BIN)/tcplab run --server-close linger:200ms --client-close active
+	$(BIN)/tcplab run handshake-and-teardown
+	$(BIN)/tcplab run lost-last-ack --pace 100ms
 
 ## test: lint (ruff, mypy) and the whole test suite
 test: lint

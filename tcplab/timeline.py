@@ -107,6 +107,17 @@ class Ladder:
             if notes:
                 text += f" ({', '.join(notes)})"
             return [self._note(str(component), text, self._time(ts))]
+        if name == events.OBSERVER_STOP and component in ("client", "server"):
+            left = [
+                f"{sock.get('state')} {sock['expires_ms'] / 1000:.1f}s left"
+                if sock.get("state") == "TIME_WAIT" and sock.get("expires_ms") is not None
+                else str(sock.get("state"))
+                for sock in event.get("remaining") or []
+            ]
+            if not left:
+                return []
+            text = f"still: {left[0]}" + (f" (+{len(left) - 1} more)" if len(left) > 1 else "")
+            return [self._note(str(component), text, self._time(ts))]
         if name in SHOWN_APP and component in ("client", "server"):
             text = SHOWN_APP[str(name)]
             if name == events.APP_ERROR:

@@ -158,10 +158,17 @@ async def test_watch_prints_transitions_of_any_socket(lab: topology.Lab) -> None
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_leaves_nothing_after_clean(how: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    "command",
+    [["run", "--server-close", "never", "--observe-for", "30s"], ["run", "close-wait-leak"]],
+    ids=["ad-hoc", "scenario"],
+)
+def test_interrupted_run_leaves_nothing_after_clean(
+    how: signal.Signals, command: list[str]
+) -> None:
     before = lab_leftovers()
     with subprocess.Popen(
-        [*TCPLAB, "run", "--server-close", "never", "--observe-for", "30s"],
+        [*TCPLAB, *command],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -188,7 +195,9 @@ def test_interrupted_run_leaves_nothing_after_clean(how: signal.Signals) -> None
     tcplab("clean")
     assert lab_leftovers() == before
     leftover_daemons = subprocess.run(
-        ["pgrep", "-f", "daemons.(server|client)"], capture_output=True, text=True
+        ["pgrep", "-f", "-m (daemons.server|daemons.client|proxy) "],
+        capture_output=True,
+        text=True,
     ).stdout.split()
     assert str(os.getpid()) not in leftover_daemons
     assert leftover_daemons == []
