@@ -10,6 +10,7 @@ tcplab clean    remove what killed runs left behind
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -173,6 +174,11 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
     _need_net_admin("run")
     pace = parse_duration(args.pace) if args.pace else None
     opts = runner.scenario_options(sc, pace=pace)
+    if args.wait:
+        # TIME_WAIT is TCP_TIMEWAIT_LEN, 60 s: observe until it is over
+        opts = dataclasses.replace(
+            opts, observe_for=65.0, deadline=max(opts.deadline, 65.0 + sc.deadline)
+        )
     spec = topology.LabSpec(forwarding=topology.Forwarding.PROXY, sysctls=sc.sysctls)
     out = sys.stdout
     ladder = timeline.Ladder()
@@ -631,6 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("scenario", nargs="?", help="a catalogue name (tcplab list) or a .toml file")
     run.add_argument("--html", metavar="FILE", help="also write the ladder diagram as HTML")
     run.add_argument("--lang", choices=["en", "zh"], default="en", help="explanation language")
+    run.add_argument(
+        "--wait",
+        action="store_true",
+        help="scenario runs: observe until TIME_WAIT is over (60 s) instead of stopping early",
+    )
     run.add_argument(
         "--server-close",
         default="immediate",
