@@ -175,7 +175,13 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
     pace = parse_duration(args.pace) if args.pace else None
     opts = runner.scenario_options(sc, pace=pace)
     if args.wait:
-        # TIME_WAIT is TCP_TIMEWAIT_LEN, 60 s: observe until it is over
+        # TIME_WAIT is TCP_TIMEWAIT_LEN, 60 s: observe until it is over; what
+        # the scenario expects to be left at the end no longer applies
+        sc = dataclasses.replace(
+            sc,
+            expect_client=dataclasses.replace(sc.expect_client, final=None),
+            expect_server=dataclasses.replace(sc.expect_server, final=None),
+        )
         opts = dataclasses.replace(
             opts, observe_for=65.0, deadline=max(opts.deadline, 65.0 + sc.deadline)
         )
