@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint unit integration bench clean-lab clean
+.PHONY: demo test lint unit integration bench clean-lab clean compose-smoke
 
 $(BIN)/tcplab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ integration: $(BIN)/tcplab
 
 bench: $(BIN)/tcplab
 	$(BIN)/python benchmarks/observer_dump.py
+
+## compose-smoke: build the image, run the compose demo, inject a fault, tear down
+compose-smoke:
+	bash tests/compose/smoke.sh
 
 clean-lab: $(BIN)/tcplab
 	$(BIN)/tcplab clean

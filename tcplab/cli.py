@@ -350,6 +350,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if failed == 0 and len(results) == total else 1
 
 
+def cmd_role(args: argparse.Namespace) -> int:
+    from tcplab import roles, scenario
+
+    try:
+        return roles.run_role(args.role, args.scenario, args.pause, args.once)
+    except (scenario.ScenarioError, RuntimeError, OSError) as exc:
+        print(f"tcplab role {args.role}: {exc}", file=sys.stderr)
+        return 1
+
+
 # --- lab -----------------------------------------------------------------------
 
 
@@ -462,12 +472,16 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from proxy import control, options, rules
     from tcplab import runner
 
-    try:
-        lab = topology.find_lab(args.lab)
-    except topology.TopologyError as exc:
-        print(f"tcplab proxy: {exc}", file=sys.stderr)
-        return 1
-    path = runner.control_path(lab)
+    path = args.socket or os.environ.get("TCPLAB_PROXY_SOCKET")
+    lab_id = "the lab"
+    if not path:
+        try:
+            lab = topology.find_lab(args.lab)
+        except topology.TopologyError as exc:
+            print(f"tcplab proxy: {exc}", file=sys.stderr)
+            return 1
+        path = runner.control_path(lab)
+        lab_id = f"lab {lab.lab_id}"
     requests: list[dict[str, Any]] = []
     if args.proxy_command == "rules":
         requests.append({"op": "rules"})
@@ -498,7 +512,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         try:
             answer = control.request(path, payload)
         except OSError as exc:
-            print(f"tcplab proxy: {exc} (is lab {lab.lab_id} running its proxy?)", file=sys.stderr)
+            print(f"tcplab proxy: {exc} (is {lab_id} running its proxy?)", file=sys.stderr)
             return 1
         if not answer.get("ok"):
             print(f"tcplab proxy {args.proxy_command}: {answer.get('error')}", file=sys.stderr)
@@ -708,6 +722,18 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("names", nargs="*", help="scenarios (default: the whole catalogue)")
     verify.add_argument("--jobs", type=int, default=1, help="scenarios at a time (own labs)")
     verify.set_defaults(func=cmd_verify)
+    role = sub.add_parser(
+        "role", help="be one side of the lab in a container (compose.yaml): server, proxy, client"
+    )
+    role.add_argument("role", choices=["server", "proxy", "client"])
+    role.add_argument(
+        "--scenario",
+        default=os.environ.get("SCENARIO", "tour"),
+        help="scenario name(s), comma-separated, or tour (default: $SCENARIO, else tour)",
+    )
+    role.add_argument("--pause", type=_duration, default=_duration("5s"), metavar="D")
+    role.add_argument("--once", action="store_true", help="client: one round, then exit")
+    role.set_defaults(func=cmd_role)
     schema = sub.add_parser("schema", help="print the JSON Schema of scenario files")
     schema.set_defaults(func=cmd_schema)
 
@@ -758,6 +784,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_pace.add_argument("value", help="a duration (250ms), or off")
     for p in (p_rules, p_add, p_rm, p_release, p_clear, p_pace):
         p.add_argument("--lab", metavar="ID", help="which lab (default: the only one)")
+        p.add_argument(
+            "--socket",
+            metavar="PATH",
+            help="the proxy's control socket (default: $TCPLAB_PROXY_SOCKET, else the lab's)",
+        )
         p.add_argument("--json", action="store_true", help="print the proxy's answers as JSON")
         p.set_defaults(func=cmd_proxy)
 

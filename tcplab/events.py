@@ -71,6 +71,8 @@ LAB_CLEAN: Final = "lab_clean"
 CONVERSATION_DONE: Final = "conversation_done"
 """client: one connection's scripted conversation ended (``ok``, ``error``)."""
 FRAME_DROPPED: Final = "frame_dropped"
+SCENARIO_START: Final = "scenario_start"
+"""client role in compose: the next conversation follows this scenario."""
 RUN_DONE: Final = "run_done"
 """runner: the run is over; the daemons' exit statuses (``client_status``…)."""
 EXPRESS_UNAVAILABLE: Final = "express_unavailable"
@@ -96,6 +98,7 @@ KNOWN_EVENTS: Final = frozenset(
         RULES_CHANGED,
         EXPRESS_UNAVAILABLE,
         RUN_DONE,
+        SCENARIO_START,
     }
     | APP_EVENTS
 )

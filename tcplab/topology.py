@@ -199,7 +199,7 @@ def _one(ip: Any, ifname: str) -> int:
     return int(found[0])
 
 
-def _offloads_off(ns: str, ifname: str) -> None:
+def offloads_off(ns: str | None, ifname: str) -> None:
     """TX checksum, TSO and GSO off (``ethtool -K IF tx off tso off gso off``)."""
     from pyroute2 import Ethtool
 
@@ -261,7 +261,7 @@ def _build(lab: Lab, spec: LabSpec) -> None:
                     ip.route("add", dst="::/0", gateway=gw, family=10)
                 else:
                     ip.route("add", dst="0.0.0.0/0", gateway=gw)
-        _offloads_off(ns, ifname)
+        offloads_off(ns, ifname)
 
     # Mirrored MACs: the middlebox's client-side port wears the server's MAC
     # and its server-side port the client's.  Each endpoint still sees one

@@ -1,0 +1,184 @@
+"""One lab side per container: ``tcplab role server|proxy|client``.
+
+In ``compose.yaml`` each container is one namespace of the lab: the same
+picture as the local lab, with Docker's networks as the two links.  A role
+prepares its container the way :mod:`tcplab.topology` prepares a namespace —
+finds its interface by subnet (Docker names them eth0, eth1 in whatever
+order), turns TX checksum offload, TSO and GSO off on the endpoints, routes
+the other subnet through the middlebox — and then runs the daemon of that
+side with the options of a scenario (``SCENARIO``, default ``tour``):
+
+- ``server``: ``python -m daemons.server``, serving forever with the
+  scenario's server policy;
+- ``proxy``: ``python -m proxy`` with the scenario's rules and a control
+  socket the client (and an instructor, ``docker compose exec proxy tcplab
+  proxy …``) can reach;
+- ``client``: loops: for each scenario of the tour, puts its rules into the
+  proxy through the control socket, runs ``python -m daemons.client`` with
+  its options, pauses, and again.
+
+Every daemon logs its JSON event lines on stdout, so ``docker compose logs``
+reads as the story.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from tcplab import scenario as scenariomod
+from tcplab.units import format_duration
+
+CLIENT_SUBNET = "192.0.2.0/24"
+SERVER_SUBNET = "198.51.100.0/24"
+PROXY_FRONT = "192.0.2.254"
+PROXY_BACK = "198.51.100.254"
+SERVER_ADDR = "198.51.100.10"
+PORT = 7007
+CONTROL = "/run/tcplab/proxy.sock"
+TOUR = ("handshake-and-teardown", "lost-fin")
+"""The default tour: one textbook connection, one with a lost FIN (both use
+the same server policy, so one server serves them)."""
+
+
+def interface_in(subnet: str) -> str:
+    """The name of this container's interface with an address in ``subnet``."""
+    from pyroute2 import IPRoute
+
+    network = ipaddress.ip_network(subnet)
+    with IPRoute() as ip:
+        for msg in ip.get_addr():
+            address = msg.get_attr("IFA_ADDRESS")
+            if address and ipaddress.ip_address(address) in network:
+                found: str = ip.get_links(msg["index"])[0].get_attr("IFLA_IFNAME")
+                return found
+    raise RuntimeError(f"no interface with an address in {subnet}")
+
+
+def prepare_endpoint(own_subnet: str, other_subnet: str, via: str) -> str:
+    """Offloads off, route to the other side through the middlebox."""
+    from pyroute2 import IPRoute
+
+    from tcplab import topology
+
+    ifname = interface_in(own_subnet)
+    topology.offloads_off(None, ifname)
+    with IPRoute() as ip:
+        index = ip.link_lookup(ifname=ifname)[0]
+        ip.route("replace", dst=other_subnet, gateway=via, oif=index)
+    return ifname
+
+
+def scenarios(names: str) -> list[scenariomod.Scenario]:
+    wanted = TOUR if names in ("", "tour") else tuple(n.strip() for n in names.split(","))
+    return [scenariomod.load(scenariomod.find(name)) for name in wanted]
+
+
+def server_argv(sc: scenariomod.Scenario) -> list[str]:
+    server = sc.server
+    argv = [sys.executable, "-m", "daemons.server", "--log-format", "json"]
+    argv += ["--listen", f"0.0.0.0:{server.get('port', PORT)}"]
+    argv += ["--close", str(server.get("close", "immediate"))]
+    if server.get("farewell"):
+        argv += ["--farewell", str(server["farewell"])]
+    if "idle_timeout" in server:
+        argv += ["--idle-timeout", format_duration(server["idle_timeout"])]
+    return argv
+
+
+def client_argv(sc: scenariomod.Scenario, server: str) -> list[str]:
+    client = sc.client
+    port = client.get("port", sc.server.get("port", PORT))
+    argv = [sys.executable, "-m", "daemons.client", "--log-format", "json"]
+    argv += ["--connect", f"{server}:{port}", "--close", str(client.get("close", "active"))]
+    argv += ["--count", str(client.get("count", 1))]
+    argv += ["--concurrency", str(client.get("concurrency", 1))]
+    argv += ["--observe-for", format_duration(sc.observe_for)]
+    for text in client.get("send", ("hello",)):
+        argv += ["--send", text]
+    if "connect_timeout" in client:
+        argv += ["--connect-timeout", format_duration(client["connect_timeout"])]
+    return argv
+
+
+def rule_tables(sc: scenariomod.Scenario) -> list[dict[str, Any]]:
+    """The scenario's rules as control-API tables, named ``<scenario>/<n>`` so
+    the client can later remove exactly these (and leave an instructor's)."""
+    out = []
+    for i, rule in enumerate(sc.rules, 1):
+        table: dict[str, Any] = {"action": rule.action, "name": f"{sc.name}/{i}"}
+        if rule.match.tag is not None:
+            table["tag"] = rule.match.tag
+        if rule.match.from_ is not None:
+            table["from"] = rule.match.from_
+        if rule.match.nth is not None:
+            table["nth"] = sorted(rule.match.nth)
+        if rule.match.conn is not None:
+            table["conn"] = rule.match.conn
+        if rule.delay is not None:
+            table["delay"] = format_duration(rule.delay)
+        out.append(table)
+    return out
+
+
+def apply_rules(sc: scenariomod.Scenario, path: str, previous: scenariomod.Scenario | None) -> None:
+    """Swap the previous scenario's rules in the proxy for this one's
+    (through its control socket); rules added by hand stay."""
+    from proxy import control
+
+    if previous is not None:
+        for table in rule_tables(previous):
+            control.request(path, {"op": "rm", "name": table["name"]})
+    for table in rule_tables(sc):
+        answer = control.request(path, {"op": "add", "table": table})
+        if not answer.get("ok"):
+            raise RuntimeError(f"proxy refused a rule of {sc.name}: {answer.get('error')}")
+    pace = f"{sc.pace * 1000:g}ms" if sc.pace else None
+    control.request(path, {"op": "pace", "value": pace})
+
+
+def run_role(role: str, names: str, pause: float, once: bool) -> int:
+    """Prepare this container for ``role`` and run its daemon(s)."""
+    tour = scenarios(names)
+    first = tour[0]
+    if role == "server":
+        prepare_endpoint(SERVER_SUBNET, CLIENT_SUBNET, PROXY_BACK)
+        os.execv(sys.executable, server_argv(first))
+    if role == "proxy":
+        front = interface_in(CLIENT_SUBNET)
+        back = interface_in(SERVER_SUBNET)
+        os.makedirs(os.path.dirname(CONTROL), exist_ok=True)
+        argv = [sys.executable, "-m", "proxy", "--log-format", "json"]
+        # the client puts each scenario's rules in through the control socket
+        argv += ["--front", front, "--back", back, "--control", CONTROL]
+        os.execv(sys.executable, argv)
+    if role == "client":
+        prepare_endpoint(CLIENT_SUBNET, SERVER_SUBNET, PROXY_FRONT)
+        server = os.environ.get("TCPLAB_SERVER", SERVER_ADDR)
+        previous: scenariomod.Scenario | None = None
+        while True:
+            for sc in tour:
+                if os.path.exists(CONTROL) and (previous is None or previous is not sc):
+                    apply_rules(sc, CONTROL, previous)
+                    previous = sc
+                _say(sc)
+                subprocess.run(client_argv(sc, server), check=False)
+                if once and sc is tour[-1]:
+                    return 0
+                time.sleep(pause)
+    raise ValueError(f"unknown role {role!r} (server, proxy, client)")
+
+
+def _say(sc: Any) -> None:
+    """One JSON line announcing the scenario, so the logs read as chapters."""
+    import json
+
+    from tcplab import events
+
+    line = {"ts": round(time.time(), 6), "component": "client", "event": events.SCENARIO_START,
+            "scenario": sc.name, "title": sc.title}  # fmt: skip
+    print(json.dumps(line), flush=True)
