@@ -14,7 +14,22 @@ if ! docker info >/dev/null 2>&1; then
   exit 0
 fi
 export COMPOSE_BAKE=false
-export BASE_IMAGE=${BASE_IMAGE:-python:3.12-slim}
+if [ -z "${BASE_IMAGE:-}" ]; then
+  # the Dockerfile's default, else a local base (see README), else try to pull
+  if docker image inspect python:3.12-slim >/dev/null 2>&1; then
+    BASE_IMAGE=python:3.12-slim
+  elif docker image inspect local/python-base >/dev/null 2>&1; then
+    BASE_IMAGE=local/python-base
+  elif docker pull -q python:3.12-slim >/dev/null 2>&1; then
+    BASE_IMAGE=python:3.12-slim
+  else
+    echo "compose smoke: SKIPPED — no base image: python:3.12-slim cannot be pulled and"
+    echo "  local/python-base does not exist (set BASE_IMAGE to an image with python3 and venv)"
+    exit 0
+  fi
+fi
+export BASE_IMAGE
+echo "compose smoke: base image $BASE_IMAGE"
 project=tcplabsmoke$$
 compose=(docker compose -p "$project")
 logs=$(mktemp)
