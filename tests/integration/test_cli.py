@@ -178,7 +178,7 @@ def test_interrupted_run_leaves_nothing_after_clean(
             deadline = time.monotonic() + 30
             assert proc.stdout is not None
             for line in proc.stdout:
-                if "CLOSE_WAIT" in line:
+                if "→ CLOSE_WAIT" in line:  # a state change, not the title
                     break
                 assert time.monotonic() < deadline, "run never reached CLOSE_WAIT"
             assert lab_leftovers() - before, "the run's lab should exist while it runs"
