@@ -85,7 +85,9 @@ wait_for "proxy forwarded SYN, SYN-ACK and FIN" \
   'segments(tag="syn", verdict="pass") and segments(tag="syn-ack", verdict="pass") and segments(tag="fin", verdict="pass")'
 
 # the instructor's workflow: look, then break something live
-"${compose[@]}" exec -T server ss -tan | tee /dev/stderr | grep -q "7007"
+sockets=$("${compose[@]}" exec -T server ss -tan)
+echo "$sockets"
+grep -q ":7007" <<<"$sockets"
 "${compose[@]}" exec -T proxy tcplab proxy add --drop server:syn-ack@1 | grep -q "drop-server:syn-ack@1"
 wait_for "the added rule dropped a SYN-ACK, and the server sent it again" \
   'segments(tag="syn-ack", verdict="drop", rule="drop-server:syn-ack@1") and any("retransmit" in e["tags"] for e in segments(tag="syn-ack", verdict="pass"))' 120
