@@ -8,7 +8,8 @@ the same through its generic message machinery, about 15 times slower than
 constructor.  Here the socket is simply created inside the namespace
 (:func:`open_diag_socket`) — a socket belongs to the namespace it was made in.
 
-The codec half is pure (bytes in, values out); :func:`dump` is the only I/O.
+This module is the codec, pure (bytes in, values out); the socket that
+speaks it is :class:`daemons.diagsock.DiagSocket`.
 
 ``inet_diag_msg`` (include/uapi/linux/inet_diag.h), 72 bytes::
 
@@ -29,10 +30,6 @@ import dataclasses
 import errno
 import socket
 import struct
-from collections.abc import Callable, Iterable
-from typing import TypeVar
-
-from tcplab import netns
 
 # include/uapi/linux/netlink.h
 NETLINK_SOCK_DIAG = 4
@@ -55,9 +52,6 @@ _REQ_V2 = struct.Struct("=BBBBI48s")
 _MSG = struct.Struct("=BBBB2H16s16sI8sIIIII")
 _MSG_PORTS = struct.Struct("!HH")
 _ERRNO = struct.Struct("=i")
-
-RECV_BUFFER = 1 << 20
-_T = TypeVar("_T")
 
 
 class DiagError(OSError):
@@ -94,6 +88,32 @@ def build_dump_request(family: int, states: int = ALL_STATES, seq: int = 1, ext:
     header = _NLMSGHDR.pack(
         _NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, 0
     )
+    return header + body
+
+
+# include/uapi/linux/inet_diag.h: a lookup without a cookie to match
+INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+
+
+def build_lookup_request(
+    family: int, key: tuple[str, int, str, int], seq: int = 1, ext: int = 0
+) -> bytes:
+    """An exact SOCK_DIAG_BY_FAMILY request for one TCP socket: ``key`` is
+    (local address, local port, remote address, remote port).  The kernel
+    answers from its connection hash without walking every socket
+    (``inet_diag_find_one_icsk``): a full socket, a request socket or a
+    timewait minisock — or, when none has that four-tuple, the listener on
+    the local port, which :func:`lookup` throws away."""
+    src = socket.inet_pton(family, key[0]).ljust(16, b"\0")
+    dst = socket.inet_pton(family, key[2]).ljust(16, b"\0")
+    sockid = (
+        struct.pack("!HH", key[1], key[3])
+        + src
+        + dst
+        + struct.pack("=III", 0, INET_DIAG_NOCOOKIE, INET_DIAG_NOCOOKIE)
+    )
+    body = _REQ_V2.pack(family, socket.IPPROTO_TCP, ext, 0, ALL_STATES, sockid)
+    header = _NLMSGHDR.pack(_NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, 0)
     return header + body
 
 
@@ -288,66 +308,3 @@ def parse_messages(data: bytes | memoryview, seq: int | None = None) -> tuple[li
             raise DiagError(errno.EBADMSG, f"unexpected netlink message type {kind}")
         offset += (length + 3) & ~3
     return out, False
-
-
-def open_diag_socket(netns_name: str | None = None) -> socket.socket:
-    """A NETLINK_SOCK_DIAG socket in namespace ``netns_name`` (None: ours)."""
-    with netns.inside(netns_name):
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_SOCK_DIAG
-        )
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECV_BUFFER)
-        sock.bind((0, 0))
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
-_buffer = bytearray(RECV_BUFFER)
-_seq = 0
-
-
-def dump(
-    sock: socket.socket,
-    families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
-    states: int = ALL_STATES,
-) -> list[SockInfo]:
-    """Every TCP socket of ``families`` in the socket's namespace."""
-    return _dump(sock, families, states, parse_messages)
-
-
-def dump_idents(
-    sock: socket.socket,
-    families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
-    states: int = ALL_STATES,
-) -> list[tuple[Ident, int]]:
-    """Every TCP socket as ``(ident, expires_ms)`` — the observer's fast path."""
-    return _dump(sock, families, states, scan_messages)
-
-
-def _dump(
-    sock: socket.socket,
-    families: Iterable[int],
-    states: int,
-    decode: Callable[[memoryview, int], tuple[list[_T], bool]],
-) -> list[_T]:
-    """One dump request per family; decode each reply datagram until NLMSG_DONE."""
-    global _seq
-    out: list[_T] = []
-    view = memoryview(_buffer)
-    for family in families:
-        _seq = (_seq + 1) & 0xFFFFFFFF
-        sock.send(build_dump_request(family, states, _seq))
-        done = False
-        while not done:
-            try:
-                n = sock.recv_into(view)
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise DiagError(exc.errno or errno.EIO, f"sock_diag recv: {exc}") from None
-            found, done = decode(view[:n], _seq)
-            out.extend(found)
-    return out

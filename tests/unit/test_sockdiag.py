@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from pathlib import Path
 
 import pytest
@@ -121,6 +122,54 @@ def test_request_layout() -> None:
     assert len(request) == 72
     assert int.from_bytes(request[:4], "little") == 72
     assert request[16] == socket.AF_INET6 and request[17] == socket.IPPROTO_TCP
+
+
+# nlmsghdr and inet_diag_req_v2 are in host byte order; the sockid's ports
+# and addresses in network order (include/uapi/linux/inet_diag.h)
+@pytest.mark.parametrize(
+    ("family", "key", "src", "dst"),
+    [
+        (
+            socket.AF_INET,
+            ("192.0.2.1", 40312, "198.51.100.1", 7007),
+            "c0000201" + "00" * 12,
+            "c6336401" + "00" * 12,
+        ),
+        (
+            socket.AF_INET6,
+            ("2001:db8:1::1", 40312, "2001:db8:2::1", 7007),
+            "20010db8000100000000000000000001",
+            "20010db8000200000000000000000001",
+        ),
+    ],
+)
+def test_lookup_request_layout(
+    family: int, key: tuple[str, int, str, int], src: str, dst: str
+) -> None:
+    request = sockdiag.build_lookup_request(family, key, seq=9)
+    assert len(request) == 16 + 56
+    length, kind, flags, seq, pid = struct.unpack("=IHHII", request[:16])
+    assert (length, kind, seq, pid) == (72, 20, 9, 0)  # SOCK_DIAG_BY_FAMILY
+    assert flags == 0x01  # NLM_F_REQUEST alone: one socket, not a dump
+    assert not flags & (sockdiag.NLM_F_ROOT | sockdiag.NLM_F_MATCH)
+    req_family, protocol, ext, pad, states = struct.unpack("=BBBBI", request[16:24])
+    assert (req_family, protocol, ext, pad) == (family, 6, 0, 0)  # IPPROTO_TCP
+    assert states == 0xFFF  # every TCP state
+    sockid = request[24:]
+    assert len(sockid) == 48
+    assert sockid[:4] == bytes.fromhex("9d781b5f")  # sport 40312, dport 7007, big-endian
+    assert sockid[4:20] == bytes.fromhex(src)
+    assert sockid[20:36] == bytes.fromhex(dst)
+    interface, cookie_lo, cookie_hi = struct.unpack("=III", sockid[36:])
+    assert interface == 0
+    assert (cookie_lo, cookie_hi) == (0xFFFFFFFF, 0xFFFFFFFF)  # INET_DIAG_NOCOOKIE
+    expected = (
+        struct.pack("=IHHII", 72, 20, 1, 9, 0)
+        + struct.pack("=BBBBI", family, 6, 0, 0, 0xFFF)
+        + bytes.fromhex("9d781b5f" + src + dst)
+        + struct.pack("=III", 0, 0xFFFFFFFF, 0xFFFFFFFF)
+    )
+    assert request == expected
 
 
 ipv4 = st.ip_addresses(v=4).map(str)
