@@ -23,6 +23,8 @@ EADDRNOTAVAIL…), and the exit status is 1 if any conversation failed.
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import socket
 import sys
 import time
@@ -31,9 +33,10 @@ from typing import Any
 import trio
 
 from daemons import common
-from daemons.observer import Observer, observe_until_quiet
-from daemons.server import LineReader, MessageTooLong, _sendall
+from daemons.observer import Observer, TraceConfig, trace_filters
+from daemons.server import LineReader, MessageTooLong, _error, _send_logged
 from tcplab import events
+from tcplab.events import App, ConversationDone, DaemonDone, DaemonReady, emit
 
 POLICIES = ("active", "shutdown", "passive", "abort", "never")
 
@@ -51,10 +54,11 @@ class Client:
         host, port = args.connect
         self.observer = Observer(
             log,
-            match=lambda info: info.dport == port and info.dst == host,
+            match=lambda key: key[3] == port and key[2] == host,
             interval=args.observe_interval,
+            trace=TraceConfig(args.trace, trace_filters(host)) if args.trace else None,
         )
-        self.kept: list[trio.socket.SocketType] = []
+        self.kept: list[tuple[trio.socket.SocketType, common.Key]] = []
         self.ok = 0
         self.failed = 0
 
@@ -71,60 +75,99 @@ class Client:
             self.ok += 1
         except ConversationError as exc:
             self.failed += 1
-            self.log.warning(
-                events.CONVERSATION_DONE,
-                number=number,
-                ok=False,
-                op=exc.op,
-                how=exc.how,
-                detail=exc.detail,
+            emit(
+                self.log,
+                ConversationDone(
+                    ts=time.time(),
+                    number=number,
+                    ok=False,
+                    op=exc.op,
+                    how=exc.how,
+                    detail=exc.detail,
+                ),
             )
         else:
-            self.log.info(events.CONVERSATION_DONE, number=number, ok=True)
+            emit(self.log, ConversationDone(ts=time.time(), number=number, ok=True))
         finally:
             limiter.release_on_behalf_of(number)
 
     async def conversation(self, number: int) -> None:
         host, port = self.args.connect
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = trio.socket.socket(family, socket.SOCK_STREAM)
+        raw = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        sock = trio.socket.from_stdlib_socket(raw)
         keep = False
         key: common.Key | None = None
+        conn: str | None = None
         log = self.log
         try:
-            started = time.monotonic()
+            started = time.time()
             try:
                 with trio.fail_after(self.args.connect_timeout):
-                    await sock.connect((host, port))
+                    key = await self._connect(raw, (host, port), number)
             except trio.TooSlowError:
                 raise ConversationError(
                     "connect", "ETIMEDOUT", f"no answer within {self.args.connect_timeout:g}s"
                 ) from None
             except OSError as exc:
                 name = common.errno_name(exc)
-                log.warning(
-                    events.APP_ERROR,
-                    op="connect",
-                    how=name,
-                    peer=events.endpoint(host, port),
-                    detail=exc.strerror or str(exc),
-                    took_ms=round((time.monotonic() - started) * 1000, 3),
+                failed = time.time()
+                emit(
+                    log,
+                    App(
+                        kind=events.APP_ERROR,
+                        ts=failed,
+                        op="connect",
+                        how=name,
+                        peer=events.endpoint(host, port),
+                        detail=exc.strerror or str(exc),
+                        took_ms=round((failed - started) * 1000, 3),
+                    ),
                 )
                 raise ConversationError("connect", name, exc.strerror or str(exc)) from None
-            key = common.sock_key(sock)
-            log = self.log.bind(conn=events.conn_id(key[0], key[1], key[2], key[3]))
-            log.info(
-                events.APP_CONNECT,
-                number=number,
-                took_ms=round((time.monotonic() - started) * 1000, 3),
-            )
+            conn = events.conn_id(*key)
             self.observer.note(key)
-            keep = await self._talk(sock, key, log)
+            keep = await self._talk(sock, key, log, conn)
         finally:
             if not keep:
-                self._close(sock, key, log)
+                self._close(sock, key, log, conn)
 
-    async def _talk(self, sock: trio.socket.SocketType, key: common.Key, log: Any) -> bool:
+    async def _connect(
+        self, raw: socket.socket, address: tuple[str, int], number: int
+    ) -> common.Key:
+        """connect() in two halves, as trio does it.  The syscall returns at
+        once (EINPROGRESS) with the port the kernel picked: ``app_connect``
+        is logged then, stamped before the call, and the observer is told
+        the four-tuple (``Observer.connecting``); then wait for the
+        handshake's outcome."""
+        started = time.time()
+        code = raw.connect_ex(address)
+        returned = time.time()
+        if code not in (0, errno.EINPROGRESS):
+            raise OSError(code, os.strerror(code))
+        local = raw.getsockname()
+        key = (local[0], local[1], address[0], address[1])
+        self.observer.connecting(key)
+        emit(
+            self.log,
+            App(
+                kind=events.APP_CONNECT,
+                ts=started,
+                returned_ts=returned,
+                conn=events.conn_id(*key),
+                number=number,
+            ),
+        )
+        if code == errno.EINPROGRESS:
+            await trio.lowlevel.wait_writable(raw)
+        code = raw.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+        return key
+
+    async def _talk(
+        self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str
+    ) -> bool:
         """The scripted exchange and the close policy; True if the socket is kept."""
         reader = LineReader(self.args.max_message)
         policy = self.args.close
@@ -132,9 +175,8 @@ class Client:
             with trio.fail_after(self.args.reply_timeout):
                 for text in self.args.send:
                     line = text.encode() + b"\n"
-                    await _sendall(sock, line)
-                    log.info(events.APP_SEND, bytes=len(line))
-                    echo = await self._read_line(sock, reader, log, key)
+                    await _send_logged(sock, line, log, conn)
+                    echo = await self._read_line(sock, reader, log, key, conn)
                     if echo is None:
                         raise ConversationError("recv", "EOF", "server closed before echoing")
                     if echo != line:
@@ -142,17 +184,36 @@ class Client:
                             "recv", "MISMATCH", f"sent {line!r}, got back {echo!r}"
                         )
                 if policy == "shutdown":
+                    started = time.time()
                     sock.shutdown(socket.SHUT_WR)
-                    log.info(events.APP_SHUTDOWN, how="write")
+                    emit(
+                        log,
+                        App(
+                            kind=events.APP_SHUTDOWN,
+                            ts=started,
+                            returned_ts=time.time(),
+                            conn=conn,
+                            how="write",
+                        ),
+                    )
                     self.observer.note(key, "snd_fin")
-                    while await self._read_line(sock, reader, log, key) is not None:
+                    while await self._read_line(sock, reader, log, key, conn) is not None:
                         pass
                 elif policy == "passive":
-                    while await self._read_line(sock, reader, log, key) is not None:
+                    while await self._read_line(sock, reader, log, key, conn) is not None:
                         pass
                 elif policy == "never":
-                    self.kept.append(sock)
-                    log.info(events.APP_CLOSE, how="never", detail="socket kept open")
+                    self.kept.append((sock, key))
+                    emit(
+                        log,
+                        App(
+                            kind=events.APP_CLOSE,
+                            ts=time.time(),
+                            conn=conn,
+                            how="never",
+                            detail="socket kept open",
+                        ),
+                    )
                     return True
         except trio.TooSlowError:
             raise ConversationError(
@@ -164,12 +225,17 @@ class Client:
             name = common.errno_name(exc)
             if name in ("ECONNRESET", "EPIPE"):
                 self.observer.note(key, "reset")
-            log.warning(events.APP_ERROR, op="io", how=name, detail=exc.strerror or str(exc))
+            _error(log, conn, "io", name, exc.strerror or str(exc))
             raise ConversationError("io", name, exc.strerror or str(exc)) from None
         return False
 
     async def _read_line(
-        self, sock: trio.socket.SocketType, reader: LineReader, log: Any, key: common.Key
+        self,
+        sock: trio.socket.SocketType,
+        reader: LineReader,
+        log: Any,
+        key: common.Key,
+        conn: str,
     ) -> bytes | None:
         """The next line, or None at EOF (the server's FIN)."""
         while True:
@@ -177,25 +243,42 @@ class Client:
             if line is not None:
                 return line
             data = await sock.recv(65536)
+            received = time.time()
             if not data:
-                log.info(events.APP_RECV, bytes=0, eof=True)
+                emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=0, eof=True))
                 self.observer.note(key, "rcv_fin")
                 return None
-            log.info(events.APP_RECV, bytes=len(data))
+            emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=len(data)))
             reader.buf += data
 
-    def _close(self, sock: trio.socket.SocketType, key: common.Key | None, log: Any) -> None:
+    def _close(
+        self,
+        sock: trio.socket.SocketType,
+        key: common.Key | None,
+        log: Any,
+        conn: str | None,
+    ) -> None:
         if key is None:
             sock.close()
             return
-        if self.args.close == "abort":
+        abort = self.args.close == "abort"
+        if abort:
             common.set_abortive_close(sock)
-            sock.close()
-            log.info(events.APP_CLOSE, how="abort")
+        started = time.time()
+        sock.close()
+        emit(
+            log,
+            App(
+                kind=events.APP_CLOSE,
+                ts=started,
+                returned_ts=time.time(),
+                conn=conn,
+                how="abort" if abort else "close",
+            ),
+        )
+        if abort:
             self.observer.note(key, "reset", "closed")
         else:
-            sock.close()
-            log.info(events.APP_CLOSE, how="close")
             self.observer.note(key, "snd_fin", "closed")
 
 
@@ -239,25 +322,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def amain(args: argparse.Namespace, log: Any) -> int:
     client = Client(args, log)
-    status = "ok"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(client.observer.run)
-        with trio.open_signal_receiver(15) as signals:
 
-            async def on_signal() -> None:
-                nonlocal status
-                async for _ in signals:
-                    status = "terminated"
-                    nursery.cancel_scope.cancel()
+    async def work() -> None:
+        emit(
+            log,
+            DaemonReady(ts=time.time(), connect=events.endpoint(*args.connect), policy=args.close),
+        )
+        await client.run_all()
 
-            nursery.start_soon(on_signal)
-            log.info(events.DAEMON_READY, connect=events.endpoint(*args.connect), policy=args.close)
-            await client.run_all()
-            await observe_until_quiet(client.observer, args.observe_for)
-            nursery.cancel_scope.cancel()
+    status = await common.lifecycle(
+        log, client.observer, work, observe_for=args.observe_for, kept=lambda: list(client.kept)
+    )
     if client.failed and status == "ok":
         status = "failed"
-    log.info(events.DAEMON_DONE, status=status, ok=client.ok, failed=client.failed)
+    emit(log, DaemonDone(ts=time.time(), status=status, ok=client.ok, failed=client.failed))
     return 0 if client.failed == 0 and status == "ok" else 1
 
 
@@ -267,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return trio.run(amain, args, log)
     except KeyboardInterrupt:
-        log.info(events.DAEMON_DONE, status="interrupted")
+        emit(log, DaemonDone(ts=time.time(), status="interrupted"))
         return 130
 
 

@@ -5,12 +5,21 @@ from __future__ import annotations
 
 import argparse
 import errno
+import signal
 import socket
 import sys
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import trio
 
 from tcplab import events, logs, netns
+from tcplab.events import App, emit
 from tcplab.units import parse_duration
+
+if TYPE_CHECKING:
+    from daemons.observer import Observer
 
 Key = tuple[str, int, str, int]
 
@@ -39,6 +48,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    """A whole number ≥ 0."""
+    if not text.isdigit() or len(text) > 9:
+        raise argparse.ArgumentTypeError(f"not a whole number ≥ 0: {text!r}")
+    return int(text)
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--netns", help="enter this network namespace before opening sockets")
     parser.add_argument(
@@ -50,6 +66,14 @@ def add_common(parser: argparse.ArgumentParser) -> None:
         default=duration("5ms"),
         metavar="D",
         help="how often the observer polls sock_diag (default 5ms)",
+    )
+    parser.add_argument(
+        "--trace",
+        metavar="INSTANCE",
+        default=None,
+        help="also read socket states from the kernel's tracepoints, in this ftrace "
+        "instance (made and removed by the observer; needs tracefs and CAP_SYS_ADMIN; "
+        "without it, or when that fails, polling alone)",
     )
     parser.add_argument(
         "--observe-for",
@@ -100,3 +124,68 @@ def set_abortive_close(sock: Any) -> None:
     import struct
 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+SHUTDOWN_OBSERVE_S = 0.3
+"""After a SIGTERM: how long to go on observing before the last report."""
+SETTLE_S = 0.5
+"""At exit: how long to watch the sockets the program kept (a never-closed
+CLOSE_WAIT) as the kernel closes them."""
+
+
+async def lifecycle(
+    log: Any,
+    observer: Observer,
+    work: Callable[[], Awaitable[None]],
+    *,
+    observe_for: float | None,
+    kept: Callable[[], Iterable[tuple[Any, Key]]] = lambda: (),
+) -> str:
+    """A daemon's life: the observer starts; ``work`` runs (SIGTERM stops
+    it); the observer watches until the sockets are gone or ``observe_for``
+    passes, and reports what is left; then the sockets the program kept open
+    are closed as its exit would close them (``app_close how=exit``) and the
+    observer reports what the kernel does with them.  Returns the status:
+    ``ok`` or ``terminated``.  A second SIGTERM stops at once."""
+    from daemons.observer import observe_until_quiet
+
+    status = "ok"
+    async with trio.open_nursery() as nursery:
+        await nursery.start(observer.run)
+        working = trio.CancelScope()
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+
+            async def on_signal() -> None:
+                nonlocal status
+                async for _ in signals:
+                    if status == "terminated":
+                        nursery.cancel_scope.cancel()
+                    status = "terminated"
+                    working.cancel()
+
+            nursery.start_soon(on_signal)
+            with working:
+                await work()
+            grace = SHUTDOWN_OBSERVE_S if status == "terminated" else observe_for
+            await observe_until_quiet(observer, grace)
+            closing = list(kept())
+            for sock, key in closing:
+                started = time.time()
+                sock.close()
+                emit(
+                    log,
+                    App(
+                        kind=events.APP_CLOSE,
+                        ts=started,
+                        returned_ts=time.time(),
+                        conn=observer.tracker.conn(key),
+                        how="exit",
+                        detail="closed as the program exits",
+                    ),
+                )
+            if closing:
+                with trio.move_on_after(SETTLE_S):
+                    await observer.until_gone(key for _sock, key in closing)
+                await observer.poll_once()
+            nursery.cancel_scope.cancel()
+    return status

@@ -11,10 +11,11 @@ How the server ends a connection is its *close policy*:
 ``never``       on the client's FIN, never close: CLOSE_WAIT until the server
                 exits (a leak, as an operator meets it in ``ss``).
 ``abort``       on the client's FIN, close with SO_LINGER 0: RST, no FIN.
-``first[:N]``   after echoing N messages (default 1), close first: the
-                server does the active close and gets TIME_WAIT.
-``half[:N]``    after echoing N messages, shut down writing only (FIN) and
-                keep reading until the client's FIN, then close.
+``first[:N]``   after echoing N messages (default 1; 0: at once, on accept),
+                close first: the server does the active close and gets
+                TIME_WAIT.
+``half[:N]``    after echoing N messages (0: at once), shut down writing only
+                (FIN) and keep reading until the client's FIN, then close.
 
 ``--farewell TEXT`` sends TEXT after the client's FIN and before closing:
 data flowing from CLOSE_WAIT, the reason a teardown needs four segments.
@@ -30,13 +31,15 @@ import argparse
 import dataclasses
 import socket
 import sys
+import time
 from typing import Any
 
 import trio
 
 from daemons import common
-from daemons.observer import Observer, observe_until_quiet, port_filter
+from daemons.observer import Observer, TraceConfig, local_filter, trace_filters
 from tcplab import events
+from tcplab.events import App, DaemonDone, DaemonReady, emit
 
 POLICY_NAMES = ("immediate", "linger", "never", "abort", "first", "half")
 
@@ -57,7 +60,8 @@ class ClosePolicy:
                 raise ValueError("linger needs a duration: linger:2s")
             return cls(kind, linger_s=common.duration(arg))
         if kind in ("first", "half"):
-            return cls(kind, after_messages=common.positive_int(arg) if arg else 1)
+            # N = 0: at once, before any message
+            return cls(kind, after_messages=common.count(arg) if arg else 1)
         if arg:
             raise ValueError(f"close policy {kind!r} takes no argument (got {text!r})")
         return cls(kind)
@@ -115,29 +119,55 @@ class Server:
         self.args = args
         self.log = log
         self.policy: ClosePolicy = args.close
-        self.leaked: list[trio.socket.SocketType] = []
+        self.leaked: list[tuple[trio.socket.SocketType, common.Key]] = []
         self.handled = 0
         self.done = trio.Event()
+        host, port = args.listen
         self.observer = Observer(
             log,
-            match=port_filter([args.listen[1]]),
-            passive_ports=[args.listen[1]],
+            match=local_filter(host, port),
+            passive_ports=[port],
             interval=args.observe_interval,
+            trace=TraceConfig(args.trace, trace_filters(host)) if args.trace else None,
         )
+
+    def kept(self) -> list[tuple[trio.socket.SocketType, common.Key]]:
+        """The connections the ``never`` policy kept open."""
+        return list(self.leaked)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.args.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = trio.socket.socket(family, socket.SOCK_STREAM)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        local = events.endpoint(host, port)
+        started = time.time()
         try:
             await listener.bind((host, port))
         except OSError as exc:
-            self.log.error(events.APP_ERROR, op="bind", how=common.errno_name(exc), detail=str(exc))
+            emit(
+                self.log,
+                App(
+                    kind=events.APP_ERROR,
+                    ts=started,
+                    op="bind",
+                    local=local,
+                    how=common.errno_name(exc),
+                    detail=str(exc),
+                ),
+            )
             raise SystemExit(1) from None
+        started = time.time()
         listener.listen(self.args.backlog)
-        self.log.info(
-            events.APP_LISTEN, local=events.endpoint(host, port), backlog=self.args.backlog
+        emit(
+            self.log,
+            App(
+                kind=events.APP_LISTEN,
+                ts=started,
+                returned_ts=time.time(),
+                local=local,
+                backlog=self.args.backlog,
+            ),
         )
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -145,20 +175,32 @@ class Server:
                 while self.args.max_conns is None or self.handled < self.args.max_conns:
                     conn, peer = await listener.accept()
                     self.handled += 1
-                    nursery.start_soon(self.handle, conn, peer)
+                    nursery.start_soon(self.handle, conn, peer, time.time())
             finally:
+                started = time.time()
                 listener.close()
-                self.log.info(events.APP_CLOSE, local=events.endpoint(host, port), how="listener")
+                emit(
+                    self.log,
+                    App(
+                        kind=events.APP_CLOSE,
+                        ts=started,
+                        returned_ts=time.time(),
+                        local=local,
+                        how="listener",
+                    ),
+                )
         self.done.set()
 
-    async def handle(self, sock: trio.socket.SocketType, peer: tuple[str, int]) -> None:
+    async def handle(
+        self, sock: trio.socket.SocketType, peer: tuple[str, int], accepted: float
+    ) -> None:
         # The peer may already have reset the connection (getpeername would
         # fail): take its address from accept().
         local = sock.getsockname()
         key = (local[0], local[1], peer[0], peer[1])
         conn = events.conn_id(peer[0], peer[1], local[0], local[1])
-        log = self.log.bind(conn=conn)
-        log.info(events.APP_ACCEPT)
+        log = self.log
+        emit(log, App(kind=events.APP_ACCEPT, ts=accepted, conn=conn))
         self.observer.note(key)
         reader = LineReader(self.args.max_message)
         echoed = 0
@@ -166,64 +208,102 @@ class Server:
         keep = False
         try:
             with trio.fail_after(self.args.idle_timeout) as idle:
+                # first:0 and half:0 act before the first message
+                if policy.kind == "first" and policy.after_messages == 0:
+                    raise _CloseFirst
+                if policy.kind == "half" and policy.after_messages == 0:
+                    self._shutdown(sock, key, log, conn)
                 while True:
                     data = await sock.recv(65536)
+                    received = time.time()
                     idle.deadline = trio.current_time() + self.args.idle_timeout
                     if not data:
-                        log.info(events.APP_RECV, bytes=0, eof=True)
+                        emit(
+                            log,
+                            App(kind=events.APP_RECV, ts=received, conn=conn, bytes=0, eof=True),
+                        )
                         self.observer.note(key, "rcv_fin")
                         break
-                    log.info(events.APP_RECV, bytes=len(data))
+                    emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=len(data)))
                     for line in reader.feed(data):
                         if policy.kind == "half" and echoed >= policy.after_messages:
                             continue  # write side is shut: read and drop
-                        await _sendall(sock, line)
+                        await _send_logged(sock, line, log, conn)
                         echoed += 1
-                        log.info(events.APP_SEND, bytes=len(line))
                         if policy.kind == "first" and echoed >= policy.after_messages:
                             raise _CloseFirst
                         if policy.kind == "half" and echoed == policy.after_messages:
-                            sock.shutdown(socket.SHUT_WR)
-                            log.info(events.APP_SHUTDOWN, how="write")
-                            self.observer.note(key, "snd_fin")
+                            self._shutdown(sock, key, log, conn)
             # The client's FIN has arrived: we are in CLOSE_WAIT.
             if self.args.farewell is not None and policy.kind != "half":
                 line = self.args.farewell.encode() + b"\n"
-                await _sendall(sock, line)
-                log.info(events.APP_SEND, bytes=len(line), farewell=True)
+                await _send_logged(sock, line, log, conn, farewell=True)
             if policy.kind == "linger":
                 await trio.sleep(policy.linger_s)
             elif policy.kind == "never":
                 keep = True
-                self.leaked.append(sock)
-                log.info(events.APP_CLOSE, how="never", detail="socket kept open: CLOSE_WAIT")
+                self.leaked.append((sock, key))
+                emit(
+                    log,
+                    App(
+                        kind=events.APP_CLOSE,
+                        ts=time.time(),
+                        conn=conn,
+                        how="never",
+                        detail="socket kept open: CLOSE_WAIT",
+                    ),
+                )
                 return
         except _CloseFirst:
             pass
         except MessageTooLong as exc:
-            log.warning(
-                events.APP_ERROR, op="recv", how="EMSGSIZE", detail=f"line over {exc} bytes"
-            )
+            _error(log, conn, "recv", "EMSGSIZE", f"line over {exc} bytes")
         except trio.TooSlowError:
-            log.warning(events.APP_ERROR, op="recv", how="idle", detail="idle timeout")
+            _error(log, conn, "recv", "idle", "idle timeout")
         except OSError as exc:
             name = common.errno_name(exc)
             if name in ("ECONNRESET", "EPIPE"):
                 self.observer.note(key, "reset")
-            log.warning(events.APP_ERROR, op="io", how=name, detail=str(exc))
+            _error(log, conn, "io", name, str(exc))
         finally:
             if not keep:
-                self._close(sock, key, log)
+                self._close(sock, key, log, conn)
 
-    def _close(self, sock: trio.socket.SocketType, key: common.Key, log: Any) -> None:
-        if self.policy.kind == "abort":
+    def _shutdown(self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str) -> None:
+        """Shut down writing: our FIN, and we go on reading."""
+        started = time.time()
+        sock.shutdown(socket.SHUT_WR)
+        emit(
+            log,
+            App(
+                kind=events.APP_SHUTDOWN,
+                ts=started,
+                returned_ts=time.time(),
+                conn=conn,
+                how="write",
+            ),
+        )
+        self.observer.note(key, "snd_fin")
+
+    def _close(self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str) -> None:
+        abort = self.policy.kind == "abort"
+        if abort:
             common.set_abortive_close(sock)
-            sock.close()
-            log.info(events.APP_CLOSE, how="abort")
+        started = time.time()
+        sock.close()
+        emit(
+            log,
+            App(
+                kind=events.APP_CLOSE,
+                ts=started,
+                returned_ts=time.time(),
+                conn=conn,
+                how="abort" if abort else "close",
+            ),
+        )
+        if abort:
             self.observer.note(key, "reset", "closed")
         else:
-            sock.close()
-            log.info(events.APP_CLOSE, how="close")
             self.observer.note(key, "snd_fin", "closed")
 
 
@@ -236,6 +316,29 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
     while view:
         sent = await sock.send(view)
         view = view[sent:]
+
+
+async def _send_logged(
+    sock: trio.socket.SocketType, data: bytes, log: Any, conn: str, farewell: bool | None = None
+) -> None:
+    """Send all of ``data``; log ``app_send`` stamped before the call."""
+    started = time.time()
+    await _sendall(sock, data)
+    emit(
+        log,
+        App(
+            kind=events.APP_SEND,
+            ts=started,
+            returned_ts=time.time(),
+            conn=conn,
+            bytes=len(data),
+            farewell=farewell,
+        ),
+    )
+
+
+def _error(log: Any, conn: str | None, op: str, how: str, detail: str) -> None:
+    emit(log, App(kind=events.APP_ERROR, ts=time.time(), conn=conn, op=op, how=how, detail=detail))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -284,26 +387,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 async def amain(args: argparse.Namespace, log: Any) -> int:
     server = Server(args, log)
-    status = "ok"
-    async with trio.open_nursery() as nursery:
-        await nursery.start(server.observer.run)
-        with trio.open_signal_receiver(15) as signals:  # SIGTERM: stop cleanly
 
-            async def on_signal() -> None:
-                async for _ in signals:
-                    nonlocal status
-                    status = "terminated"
-                    nursery.cancel_scope.cancel()
-
-            nursery.start_soon(on_signal)
+    async def work() -> None:
+        async with trio.open_nursery() as nursery:
             await nursery.start(server.serve)
-            log.info(
-                events.DAEMON_READY, listen=events.endpoint(*args.listen), policy=args.close.kind
+            emit(
+                log,
+                DaemonReady(
+                    ts=time.time(), listen=events.endpoint(*args.listen), policy=args.close.kind
+                ),
             )
             await server.done.wait()
-            await observe_until_quiet(server.observer, args.observe_for)
             nursery.cancel_scope.cancel()
-    log.info(events.DAEMON_DONE, status=status, connections=server.handled)
+
+    status = await common.lifecycle(
+        log, server.observer, work, observe_for=args.observe_for, kept=server.kept
+    )
+    emit(log, DaemonDone(ts=time.time(), status=status, connections=server.handled))
     return 0
 
 
@@ -313,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return trio.run(amain, args, log)
     except KeyboardInterrupt:
-        log.info(events.DAEMON_DONE, status="interrupted")
+        emit(log, DaemonDone(ts=time.time(), status="interrupted"))
         return 130
 
 

@@ -1,6 +1,26 @@
-"""Turn a series of socket snapshots into state-change events (pure).
+"""Turn what the kernel reports about sockets into state-change records (pure).
 
-The observer polls the kernel (sock_diag) every few milliseconds.  Between two
+Two sources feed :class:`SocketTracker`:
+
+* **the tracepoint** ``sock:inet_sock_set_state`` (:meth:`SocketTracker.trace`):
+  every transition of a *full* socket, with the kernel's own time.  It does
+  not see request sockets (a SYN_RECV before the handshake's ACK) nor
+  timewait minisocks (TIME_WAIT, and the FIN_WAIT2 of an orphan): when a full
+  socket hands its connection to a minisock the tracepoint says ``→ CLOSE``
+  while ``ss`` still lists the connection.  The record of that ``→ CLOSED``
+  carries ``handed_to="timewait"``, and what the minisock is in comes from
+  sock_diag, as a ``poll`` record.
+* **sock_diag** (:meth:`SocketTracker.update` for a dump,
+  :meth:`SocketTracker.lookup` for one socket): everything alive, with
+  timers.  With the tracepoint on, a poll speaks only for what the tracepoint
+  cannot see (request sockets, minisocks, sockets it never heard of); the
+  trace owns every full socket it reported, and a poll only confirms it.
+  One record per transition.
+
+Without the tracepoint (no tracefs, no CAP_SYS_ADMIN: the compose
+containers), polling alone works as before, described below.
+
+Polling: the observer polls the kernel (sock_diag) every few milliseconds.  Between two
 polls a socket can pass through several states — on a fast link a whole
 teardown takes a few microseconds — so what the poller sees is a *jump*
 ``old → new``.  This module decides what to say about the jump:
@@ -33,7 +53,7 @@ import functools
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from tcplab.events import CLOSED, TcpState, conn_id, endpoint
+from tcplab.events import CLOSED, SockKind, TcpState, conn_id, endpoint
 
 Fact = Literal["rcv_fin", "snd_fin", "reset", "closed"]
 FACTS: tuple[Fact, ...] = ("rcv_fin", "snd_fin", "reset", "closed")
@@ -78,6 +98,10 @@ _FACT_STATES: dict[Fact, frozenset[str]] = {
 }
 
 MAX_PATH = 6
+MAX_CONNECTING = 4096
+MAX_CLOSED = 4096
+"""Connects waiting for their portless trace event; more means the trace is
+not keeping up, and the oldest are forgotten (a poll reports them)."""
 
 
 def _neighbours(state: str, role: str | None, allow_rst: bool) -> Iterable[tuple[str, str]]:
@@ -182,7 +206,7 @@ def implied_states(paths: list[list[str]]) -> list[str | None]:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Snapshot:
-    """What one poll said about one socket (a subset of sock_diag's reply)."""
+    """What sock_diag said about one socket (a subset of its reply)."""
 
     key: Key
     state: str
@@ -190,38 +214,126 @@ class Snapshot:
     expires_ms: int | None = None
     retrans: int = 0
 
+    @property
+    def kind(self) -> SockKind:
+        """Which kernel object this is, as far as sock_diag shows: TIME_WAIT
+        and a timewait timer mean a minisock; SYN_RECV before the tracepoint
+        saw a full socket is a request socket (the tracker decides that)."""
+        if self.state == "TIME_WAIT" or self.timer == "timewait":
+            return "timewait"
+        return "full"
+
+
+# Which state a dump keeps when it lists one connection twice (during the
+# TIME_WAIT hand-over a dump can list the full socket and its successor).
+_LATER = {
+    name: i
+    for i, name in enumerate(
+        [
+            "LISTEN",
+            "SYN_SENT",
+            "SYN_RECV",
+            "ESTABLISHED",
+            "CLOSE_WAIT",
+            "FIN_WAIT1",
+            "FIN_WAIT2",
+            "CLOSING",
+            "LAST_ACK",
+            "TIME_WAIT",
+            "CLOSE",
+        ]
+    )
+}
+
+
+def merge_dump(snapshots: Iterable[Snapshot]) -> dict[Key, Snapshot]:
+    """One dump's sockets by key; of two entries for one key, the later state."""
+    out: dict[Key, Snapshot] = {}
+    for snap in snapshots:
+        prev = out.get(snap.key)
+        if prev is None or _LATER.get(snap.state, -1) > _LATER.get(prev.state, -1):
+            out[snap.key] = snap
+    return out
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TraceTransition:
+    """One ``sock:inet_sock_set_state`` event, already in wall-clock time.
+
+    ``key`` is (saddr, sport, daddr, dport) as the tracepoint gives them: the
+    socket's own side first.  A socket entering SYN_SENT has no port yet
+    (``tcp_v4_connect`` sets the state before it picks one), so ``key[1]``
+    is 0 there; ``skaddr`` ties it to the socket's next transition."""
+
+    key: Key
+    skaddr: int
+    old: str
+    new: str
+    ts: float
+
 
 @dataclasses.dataclass(slots=True)
 class _Tracked:
     state: str
-    since: float | None  # when we first saw it in this state (None: inferred)
+    since: float | None  # when it entered this state (None: not known)
     history: set[str]
     role: str | None
     facts: set[Fact]
     last: Snapshot | None
+    owner: Literal["trace", "poll"] = "poll"
+    changed_at: float = float("-inf")
+    """When the trace or an exact lookup last spoke of it: a dump begun
+    before that is older news for this socket than what the tracker knows."""
+    sock: SockKind | None = None
+    """None: sock_diag alone cannot tell (a polled SYN_RECV without the trace)."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Change:
-    """One state-change event and the time it is stamped with."""
+def _same_peer(portless: Key, key: Key) -> bool:
+    """``key`` may be the socket the portless ``portless`` became."""
+    return portless[0] == key[0] and portless[2] == key[2] and portless[3] == key[3]
 
-    ts: float
-    record: TcpState
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """Transitions of a socket that has no port yet (connect() in progress)."""
+
+    key: Key
+    items: list[TraceTransition]
 
 
 class SocketTracker:
-    """Diffs successive snapshots of a set of sockets into :class:`Change` s.
+    """Turns trace transitions and sock_diag snapshots into :class:`TcpState`
+    records, one per transition, each with the time of its fact.
 
     ``passive_ports``: local ports we listen on — a connection on one of them
     was opened passively (its first state is SYN_RECV, not SYN_SENT).
     ``vouched``: the sockets belong to the program that feeds us facts.
+    ``traced``: the tracepoint source is on (see the module docstring).
     """
 
-    def __init__(self, *, passive_ports: Iterable[int] = (), vouched: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        passive_ports: Iterable[int] = (),
+        vouched: bool = False,
+        traced: bool = False,
+    ) -> None:
         self.passive_ports = frozenset(passive_ports)
         self.vouched = vouched
+        self.traced = traced
         self._socks: dict[Key, _Tracked] = {}
         self._pending_facts: dict[Key, set[Fact]] = {}
+        self._portless: dict[int, _Pending] = {}
+        self._closed_at: dict[Key, float] = {}
+        """Sockets the trace saw close, and when: a dump begun before that may
+        still list them (bounded: :data:`MAX_CLOSED`, oldest forgotten)."""
+        self._linked: dict[int, Key] = {}
+        """Portless sockets already tied to their four-tuple, by address."""
+        self._connecting: list[Key] = []
+        """Sockets the owner said it is connecting (port known, SYN_SENT's
+        trace event maybe not read yet), oldest first."""
+
+    # --- naming ------------------------------------------------------------
 
     def role_of(self, key: Key) -> str:
         if key[3] == 0:
@@ -234,8 +346,13 @@ class SocketTracker:
         if role == "passive":
             return conn_id(remote, rport, local, lport)
         if role == "listener":
-            return f"{local}:{lport}" if ":" not in local else f"[{local}]:{lport}"
+            return endpoint(local, lport)
         return conn_id(local, lport, remote, rport)
+
+    def conn(self, key: Key) -> str:
+        return self.conn_of(key, self.role_of(key))
+
+    # --- what the owner knows ------------------------------------------------
 
     def note(self, key: Key, fact: Fact) -> None:
         """The owning program knows ``fact`` about the socket ``key``."""
@@ -247,6 +364,24 @@ class SocketTracker:
         else:
             self._pending_facts.setdefault(key, set()).add(fact)
 
+    def connecting(self, key: Key) -> list[TcpState]:
+        """The owner just called connect() on ``key`` (it knows the port the
+        kernel picked).  The tracepoint saw that socket enter SYN_SENT before
+        it had a port; one thread's connect() calls reach the tracepoint in
+        the order they were made, so the oldest portless SYN_SENT toward the
+        same peer is this socket's."""
+        for skaddr, pending in self._portless.items():
+            if _same_peer(pending.key, key):
+                del self._portless[skaddr]
+                out: list[TcpState] = []
+                for item in pending.items:
+                    out += self._trace_one(dataclasses.replace(item, key=key), None, None)
+                self._linked[skaddr] = key
+                return out
+        self._connecting.append(key)
+        del self._connecting[:-MAX_CONNECTING]
+        return []
+
     @property
     def live(self) -> dict[Key, str]:
         """Sockets currently known, and their state."""
@@ -256,37 +391,270 @@ class SocketTracker:
         tracked = self._socks.get(key)
         return tracked.last if tracked else None
 
-    def update(self, snapshot: Mapping[Key, Snapshot], now: float) -> list[Change]:
-        """One poll's worth of sockets (already filtered to the ones we track)."""
-        changes: list[Change] = []
-        for key, snap in snapshot.items():
-            state = CLOSED if snap.state == "CLOSE" else snap.state
-            tracked = self._socks.get(key)
-            if tracked is None:
-                if state == CLOSED:
-                    continue
-                role = self.role_of(key)
-                tracked = _Tracked(
-                    state=CLOSED,
-                    since=None,
-                    history=set(),
-                    role=None if role == "listener" else role,
-                    facts=self._pending_facts.pop(key, set()),
-                    last=None,
+    def owner_of(self, key: Key) -> str | None:
+        tracked = self._socks.get(key)
+        return tracked.owner if tracked else None
+
+    # --- the tracepoint --------------------------------------------------------
+
+    def trace(
+        self,
+        event: TraceTransition,
+        successor: Snapshot | None = None,
+        looked_up: float | None = None,
+    ) -> list[TcpState]:
+        """One tracepoint transition.
+
+        For a connection's ``→ CLOSED`` the caller looks the four-tuple up in
+        sock_diag right away (the minisock exists before the full socket
+        closes): ``successor`` is what it found (None: nothing), at
+        ``looked_up``."""
+        key = event.key
+        if key[1] == 0 and key[3] != 0:
+            linked = self._linked.get(event.skaddr)
+            if linked is not None and event.new != CLOSED:
+                return self._trace_one(dataclasses.replace(event, key=linked), None, None)
+            waiting = next((k for k in self._connecting if _same_peer(key, k)), None)
+            if waiting is not None and event.skaddr not in self._portless:
+                self._connecting.remove(waiting)
+                self._linked[event.skaddr] = waiting
+                return self._trace_one(dataclasses.replace(event, key=waiting), None, None)
+            pending = self._portless.get(event.skaddr)
+            if event.new == CLOSED and pending is not None:
+                # connect() failed before it got a port (EADDRNOTAVAIL)
+                del self._portless[event.skaddr]
+                out: list[TcpState] = []
+                for item in [*pending.items, event]:
+                    out += self._trace_one(item, None, None)
+                return out
+            if pending is None:
+                self._portless[event.skaddr] = _Pending(key, [event])
+            else:
+                pending.items.append(event)
+            return []
+        out = []
+        self._linked.pop(event.skaddr, None)
+        pending = self._portless.pop(event.skaddr, None)
+        if pending is not None:
+            for item in pending.items:
+                out += self._trace_one(dataclasses.replace(item, key=key), None, None)
+        out += self._trace_one(event, successor, looked_up)
+        return out
+
+    def awaiting_port(self, key: Key) -> bool:
+        """A traced connect() toward ``key``'s peer is still without a port:
+        a polled SYN_SENT of ``key`` is probably it (and will be reported
+        from the trace once the port is known)."""
+        return any(_same_peer(p.key, key) for p in self._portless.values()) or key in (
+            self._connecting
+        )
+
+    def _trace_one(
+        self, event: TraceTransition, successor: Snapshot | None, looked_up: float | None
+    ) -> list[TcpState]:
+        key = event.key
+        if key in self._connecting:  # its portless SYN_SENT was never read
+            self._connecting.remove(key)
+        role = self.role_of(key)
+        tracked = self._socks.get(key)
+        if tracked is None:
+            tracked = self._new(key, event.old if event.old != "LISTEN" else CLOSED)
+            if role == "listener":
+                tracked.state = event.old
+        conn = self.conn_of(key, role)
+        local = endpoint(key[0], key[1])
+        ts = event.ts
+        handed: SockKind | None = None
+        handed_state: str | None = None
+        if event.new == CLOSED and successor is not None and role != "listener":
+            handed = successor.kind if successor.kind != "full" else None
+            if handed is not None:
+                handed_state = CLOSED if successor.state == "CLOSE" else successor.state
+        # a child socket born from the listener (LISTEN → SYN_RECV) when its
+        # request socket was already seen in SYN_RECV changes nothing for the
+        # connection: the time in SYN_RECV runs on from the request socket
+        same = tracked.state == event.new
+        in_old = None
+        if not same and tracked.since is not None:
+            in_old = round((ts - tracked.since) * 1000, 3)
+        out = [
+            TcpState(
+                ts=ts,
+                conn=conn,
+                old=event.old,
+                new=event.new,
+                source="trace",
+                in_old_ms=in_old,
+                local=local,
+                sock="full",
+                handed_to=handed,
+                handed_state=handed_state,
+            )
+        ]
+        tracked.owner = "trace"
+        tracked.sock = "full"
+        tracked.changed_at = ts
+        if handed is None or successor is None:
+            if not same:
+                tracked.history.add(tracked.state)
+                tracked.state = event.new
+                # a child born in SYN_RECV whose request socket was never
+                # seen: it has been in SYN_RECV since the SYN, time unknown
+                child = event.old == "LISTEN" and role != "listener"
+                tracked.since = None if child else ts
+            if event.new == CLOSED:
+                self._socks.pop(key, None)
+                self._remember_closed(key, ts)
+            return out
+        # the connection lives on in a minisock: from now on sock_diag speaks for it
+        tracked.owner = "poll"
+        tracked.sock = handed
+        tracked.last = successor
+        state = CLOSED if successor.state == "CLOSE" else successor.state
+        if state != event.old:
+            out.append(
+                TcpState(
+                    ts=looked_up if looked_up is not None else ts,
+                    seen_after=ts,
+                    conn=conn,
+                    old=event.old,
+                    new=state,
+                    source="poll",
+                    in_old_ms=in_old,
+                    timer=successor.timer,
+                    expires_ms=successor.expires_ms,
+                    retrans=successor.retrans,
+                    local=local,
+                    sock=handed,
                 )
-                self._socks[key] = tracked
-            if state != tracked.state:
-                changes.extend(self._transition(key, tracked, state, snap, now))
-            tracked.last = snap
+            )
+            tracked.history.add(event.old)
+        # ts of the handover: that is when the minisock began
+        if state != event.old:
+            tracked.state = state
+            tracked.since = ts
+        return out
+
+    # --- sock_diag ---------------------------------------------------------------
+
+    def update(
+        self,
+        snapshot: Mapping[Key, Snapshot],
+        now: float,
+        seen_after: float | None = None,
+        *,
+        started: float | None = None,
+    ) -> list[TcpState]:
+        """One dump's worth of sockets (already filtered to the ones we
+        track), finished at ``now`` and begun at ``started``; the dump before
+        it began at ``seen_after``.  A socket the trace changed after this
+        dump began is left alone: the dump may show its state before."""
+        begun = started if started is not None else now
+        out: list[TcpState] = []
+        for key, snap in snapshot.items():
+            if self._newer(key, begun):
+                continue
+            out += self._seen(key, snap, now, seen_after)
         for key in [k for k in self._socks if k not in snapshot]:
-            tracked = self._socks.pop(key)
-            if tracked.state != CLOSED:
-                changes.extend(self._transition(key, tracked, CLOSED, None, now))
-        return changes
+            if self._newer(key, begun):
+                continue
+            out += self._gone(key, now, seen_after)
+        return out
+
+    def _newer(self, key: Key, begun: float) -> bool:
+        tracked = self._socks.get(key)
+        if tracked is not None:
+            return tracked.changed_at > begun
+        return self._closed_at.get(key, float("-inf")) > begun
+
+    def lookup(
+        self,
+        key: Key,
+        snap: Snapshot | None,
+        now: float,
+        seen_after: float | None = None,
+        *,
+        started: float | None = None,
+    ) -> list[TcpState]:
+        """What an exact sock_diag lookup of one socket, begun at ``started``
+        and answered at ``now``, found (None: nothing).  A dump begun before
+        it is older news for this socket."""
+        begun = started if started is not None else now
+        if snap is None:
+            out = self._gone(key, now, seen_after)
+            if out:
+                self._remember_closed(key, begun)
+            return out
+        out = self._seen(key, snap, now, seen_after)
+        tracked = self._socks.get(key)
+        if tracked is not None and tracked.owner == "poll":
+            tracked.changed_at = max(tracked.changed_at, begun)
+        return out
+
+    def _remember_closed(self, key: Key, ts: float) -> None:
+        self._closed_at[key] = ts
+        if len(self._closed_at) > MAX_CLOSED:
+            del self._closed_at[next(iter(self._closed_at))]
+
+    def _seen(
+        self, key: Key, snap: Snapshot, now: float, seen_after: float | None
+    ) -> list[TcpState]:
+        state = CLOSED if snap.state == "CLOSE" else snap.state
+        tracked = self._socks.get(key)
+        if tracked is None:
+            if state == CLOSED:
+                return []
+            if self.traced and state == "SYN_SENT" and self.awaiting_port(key):
+                return []  # the trace will report it, with its own time
+            tracked = self._new(key, CLOSED)
+            if snap.kind == "timewait":
+                tracked.sock = "timewait"
+            elif self.traced:
+                # the trace never saw a full socket for it: a SYN_RECV is a
+                # request socket; anything else predates the trace
+                tracked.sock = "request" if state == "SYN_RECV" else "full"
+        if self.traced and tracked.owner == "trace":
+            tracked.last = snap  # the trace speaks for it; keep the timers
+            return []
+        if snap.kind == "timewait":
+            tracked.sock = "timewait"
+        out: list[TcpState] = []
+        if state != tracked.state:
+            out = self._transition(key, tracked, state, snap, now, seen_after)
+        tracked.last = snap
+        return out
+
+    def _gone(self, key: Key, now: float, seen_after: float | None) -> list[TcpState]:
+        tracked = self._socks.get(key)
+        if tracked is None or (self.traced and tracked.owner == "trace"):
+            return []
+        del self._socks[key]
+        if tracked.state == CLOSED:
+            return []
+        return self._transition(key, tracked, CLOSED, None, now, seen_after)
+
+    def _new(self, key: Key, state: str) -> _Tracked:
+        role = self.role_of(key)
+        tracked = _Tracked(
+            state=state,
+            since=None,
+            history=set(),
+            role=None if role == "listener" else role,
+            facts=self._pending_facts.pop(key, set()),
+            last=None,
+        )
+        self._socks[key] = tracked
+        return tracked
 
     def _transition(
-        self, key: Key, tracked: _Tracked, new: str, snap: Snapshot | None, now: float
-    ) -> list[Change]:
+        self,
+        key: Key,
+        tracked: _Tracked,
+        new: str,
+        snap: Snapshot | None,
+        now: float,
+        seen_after: float | None,
+    ) -> list[TcpState]:
         old = tracked.state
         paths = candidate_paths(
             old,
@@ -299,23 +667,23 @@ class SocketTracker:
         middle = implied_states(paths)
         conn = self.conn_of(key, tracked.role or "listener")
         local = endpoint(key[0], key[1])
-        out: list[Change] = []
+        out: list[TcpState] = []
         in_old = None if tracked.since is None else round((now - tracked.since) * 1000, 3)
         prev = old
         for state in middle:
             if state is None:
                 continue  # not implied: the jump from prev is reported as seen
             out.append(
-                Change(
-                    now,
-                    TcpState(
-                        conn=conn,
-                        old=prev,
-                        new=state,
-                        source="inferred",
-                        in_old_ms=in_old if prev == old else None,
-                        local=local,
-                    ),
+                TcpState(
+                    ts=now,
+                    seen_after=seen_after,
+                    conn=conn,
+                    old=prev,
+                    new=state,
+                    source="inferred",
+                    in_old_ms=in_old if prev == old else None,
+                    local=local,
+                    sock=tracked.sock,
                 )
             )
             tracked.history.add(prev)
@@ -324,19 +692,19 @@ class SocketTracker:
         if snap is not None:
             timer, expires, retrans = snap.timer, snap.expires_ms, snap.retrans
         out.append(
-            Change(
-                now,
-                TcpState(
-                    conn=conn,
-                    old=prev,
-                    new=new,
-                    source="poll",
-                    in_old_ms=in_old if prev == old else None,
-                    timer=timer,
-                    expires_ms=expires,
-                    retrans=retrans,
-                    local=local,
-                ),
+            TcpState(
+                ts=now,
+                seen_after=seen_after,
+                conn=conn,
+                old=prev,
+                new=new,
+                source="poll",
+                in_old_ms=in_old if prev == old else None,
+                timer=timer,
+                expires_ms=expires,
+                retrans=retrans,
+                local=local,
+                sock=tracked.sock,
             )
         )
         tracked.history.add(prev)

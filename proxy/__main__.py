@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,8 @@ from proxy import capture, control, express, forward, rules
 from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
 from proxy.neighbours import RouteTable
 from proxy.options import add_rule_options, rules_from_args, rules_from_file
-from tcplab import events, logs, netns
+from tcplab import logs, netns
+from tcplab.events import DaemonDone, DaemonReady, ExpressUnavailable, emit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -89,7 +91,7 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                 raise
             # no tc, or a kernel without clsact/u32/mirred: every frame
             # through the proxy, which is correct, only slower
-            log.warning(events.EXPRESS_UNAVAILABLE, reason=str(exc))
+            emit(log, ExpressUnavailable(ts=time.time(), reason=str(exc)))
             lane = False
         middlebox.express_enabled = lane
     interfaces = []
@@ -105,16 +107,26 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
     pcap_file = args.pcap.open("wb") if args.pcap else None
     middlebox.describe_every_segment = pcap_file is not None
     writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
-    emit = forward.log_events(log)
 
-    def on_frame(port: str, frame: bytes | bytearray | memoryview, out: Output) -> None:
+    def on_frame(
+        port: str, frame: bytes | bytearray | memoryview, out: Output, arrival: float
+    ) -> None:
         assert writer is not None
-        writer.write(port, frame, capture.comment_for(out.segment))
-        for injected_port, injected, fields in out.injected:
-            writer.write(injected_port, injected, capture.comment_for(fields), inbound=False)
+        writer.write(port, frame, capture.comment_for(out.segment), timestamp=arrival)
+        for injected_port, injected, record in out.injected:
+            writer.write(
+                injected_port,
+                injected,
+                capture.comment_for(record),
+                inbound=False,
+                timestamp=arrival,
+            )
 
     forwarder = forward.Forwarder(
-        middlebox, interfaces, on_events=emit, on_frame=on_frame if writer else None
+        middlebox,
+        interfaces,
+        on_records=forward.log_records(log),
+        on_frame=on_frame if writer else None,
     )
     status = "ok"
     try:
@@ -137,14 +149,19 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                         log=log,
                     )
                     await nursery.start(control.serve, args.control, controller)
-                log.info(
-                    events.DAEMON_READY,
-                    front=args.front,
-                    back=args.back,
-                    rules=engine.describe(),
-                    pace_ms=engine.pace * 1000 if engine.pace else None,
-                    control=str(args.control) if args.control else None,
-                    pcap=str(args.pcap) if args.pcap else None,
+                emit(
+                    log,
+                    DaemonReady(
+                        ts=time.time(),
+                        front=args.front,
+                        back=args.back,
+                        rules=tuple(engine.describe()),
+                        pace_ms=engine.pace * 1000 if engine.pace else None,
+                        control=str(args.control) if args.control else None,
+                        pcap=str(args.pcap) if args.pcap else None,
+                        log_segments=args.log_segments,
+                        express=lane,
+                    ),
                 )
                 # keep the signal receiver installed for as long as we forward
                 await trio.sleep_forever()
@@ -156,15 +173,18 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                 await trio.to_thread.run_sync(_express_teardown, [p.name for p in ports])
         if pcap_file is not None:
             pcap_file.close()
-        log.info(
-            events.DAEMON_DONE,
-            status=status,
-            counters=middlebox.counters,
-            held_lost=len(middlebox.held),
-            delayed_lost=len(middlebox.delayed),
-            send_errors=forwarder.send_errors,
-            express_errors=forwarder.lane_errors or None,
-            captured=writer.packets if writer else None,
+        emit(
+            log,
+            DaemonDone(
+                ts=time.time(),
+                status=status,
+                counters=dict(middlebox.counters),
+                held_lost=len(middlebox.held),
+                delayed_lost=len(middlebox.delayed),
+                send_errors=forwarder.send_errors,
+                express_errors=tuple(forwarder.lane_errors) or None,
+                captured=writer.packets if writer else None,
+            ),
         )
     return 0
 
@@ -190,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return trio.run(amain, args, log, engine)
     except (OSError, ValueError) as exc:
-        log.error(events.DAEMON_DONE, status="error", error=str(exc))
+        emit(log, DaemonDone(ts=time.time(), status="error", error=str(exc)))
         print(f"proxy: {exc}", file=sys.stderr)
         return 1
 

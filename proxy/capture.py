@@ -19,7 +19,9 @@ from __future__ import annotations
 import struct
 import time
 from collections.abc import Iterable
-from typing import IO, Any
+from typing import IO
+
+from tcplab.events import Segment
 
 SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001
@@ -76,17 +78,17 @@ def enhanced_packet(
     return _block(EPB_TYPE, body)
 
 
-def comment_for(segment: dict[str, Any] | None) -> str | None:
-    """``verdict=… rule=… tags=…`` for a segment event's fields."""
+def comment_for(segment: Segment | None) -> str | None:
+    """``verdict=… rule=… tags=…`` for a segment record."""
     if segment is None:
         return None
-    parts = [f"verdict={segment['verdict']}"]
-    if segment.get("rule"):
-        parts.append(f"rule={segment['rule']}")
-    if segment.get("delay_ms") is not None:
-        parts.append(f"delay_ms={segment['delay_ms']}")
-    parts.append("tags=" + ",".join(segment.get("tags", [])))
-    parts.append(f"conn={segment['conn']}")
+    parts = [f"verdict={segment.verdict}"]
+    if segment.rule:
+        parts.append(f"rule={segment.rule}")
+    if segment.delay_ms is not None:
+        parts.append(f"delay_ms={segment.delay_ms}")
+    parts.append("tags=" + ",".join(segment.tags))
+    parts.append(f"conn={segment.conn}")
     return " ".join(parts)
 
 

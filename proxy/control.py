@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import trio
 
 from proxy import rules as rulesmod
 from proxy.middlebox import Middlebox
-from tcplab import events
+from tcplab.events import RulesChanged, emit
 from tcplab.units import format_duration
 
 MAX_REQUEST = 64 * 1024
@@ -126,7 +127,7 @@ class Controller:
     def _note(self, op: str, **fields: Any) -> None:
         self._changed()
         if self.log is not None:
-            self.log.info(events.RULES_CHANGED, op=op, **fields)
+            emit(self.log, RulesChanged(ts=time.time(), op=op, **fields))
 
 
 async def serve(

@@ -14,7 +14,11 @@ Sockets:
   left for offload, which the middlebox then completes;
 - ``PACKET_IGNORE_OUTGOING`` on, so the frames we (and the middlebox's
   kernel) send are not read back;
-- ``PACKET_QDISC_BYPASS`` on: forwarded frames go straight to the driver.
+- ``PACKET_QDISC_BYPASS`` on: forwarded frames go straight to the driver;
+- ``SO_TIMESTAMPNS`` on: each frame comes with the kernel's receive
+  timestamp (wall clock, ns), which becomes its record's ``ts``: the time
+  the segment reached the middlebox, not when Python got to it.  A record
+  of a segment sent on gets ``sent_ts``, taken just before the send.
 
 The middlebox's kernel keeps IP forwarding off (it would forward every
 segment a second time); it still answers ARP/ND and pings for its own
@@ -29,14 +33,16 @@ import functools
 import ipaddress
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
 import trio
 
 from proxy import express
-from proxy.middlebox import Middlebox, Output
+from proxy.middlebox import Middlebox, Output, stamp_sent
 from proxy.neighbours import Port, Route
+from tcplab.events import Record, emit
 
 # include/uapi/linux/if_ether.h, include/uapi/linux/if_packet.h
 ETH_P_ALL = 0x0003
@@ -47,6 +53,11 @@ PACKET_IGNORE_OUTGOING = 23
 TP_STATUS_CSUMNOTREADY = 1 << 3
 TP_STATUS_VLAN_VALID = 1 << 4
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
+# include/uapi/asm-generic/socket.h: SO_TIMESTAMPNS_OLD, a struct timespec of
+# two longs (the 64-bit layout; SO_TIMESTAMPNS_NEW is the y2038 variant)
+SO_TIMESTAMPNS = 35
+SCM_TIMESTAMPNS = SO_TIMESTAMPNS
+_TIMESPEC = struct.Struct("=qq")
 
 BATCH = 256
 """Frames handled per wakeup before yielding to the other tasks."""
@@ -142,6 +153,8 @@ def open_packet_socket(ifname: str, *, receive: bool = True) -> tuple[socket.soc
         except OSError as exc:  # Linux < 4.20
             raise OSError(exc.errno, "PACKET_IGNORE_OUTGOING needs Linux >= 4.20") from exc
         sock.setsockopt(SOL_PACKET, PACKET_QDISC_BYPASS, 1)
+        if receive:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         for option in (SO_RCVBUFFORCE, SO_SNDBUFFORCE):
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
@@ -163,12 +176,13 @@ class Forwarder:
         middlebox: Middlebox,
         interfaces: Iterable[Interface],
         *,
-        on_events: Callable[[Output], None],
-        on_frame: Callable[[str, bytes | bytearray | memoryview, Output], None] | None = None,
+        on_records: Callable[[list[Record]], None],
+        on_frame: Callable[[str, bytes | bytearray | memoryview, Output, float], None]
+        | None = None,
     ) -> None:
         self.middlebox = middlebox
         self.interfaces = {i.port.name: i for i in interfaces}
-        self.on_events = on_events
+        self.on_records = on_records
         self.on_frame = on_frame
         self.send_errors = 0
         self.lane_errors: list[str] = []
@@ -231,7 +245,7 @@ class Forwarder:
         name = iface.port.name
         buffer = bytearray(FRAME_BUFFER)
         view = memoryview(buffer)
-        anc_size = socket.CMSG_SPACE(_AUXDATA.size)
+        anc_size = socket.CMSG_SPACE(_AUXDATA.size) + socket.CMSG_SPACE(_TIMESPEC.size)
         receive = self.middlebox.receive
         on_frame = self.on_frame
         while True:
@@ -246,15 +260,23 @@ class Forwarder:
                         raise
                     continue
                 not_ready = False
+                arrival = 0.0
                 for level, kind, data in ancdata:
                     if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 4:
                         not_ready = bool(
                             int.from_bytes(data[:4], "little") & TP_STATUS_CSUMNOTREADY
                         )
+                    elif level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS:
+                        sec, nsec = _TIMESPEC.unpack_from(data)
+                        arrival = sec + nsec * 1e-9
+                if not arrival:
+                    arrival = time.time()  # no stamp (should not happen): now
                 frame = view[:size]
-                out = receive(name, frame, trio.current_time(), csum_not_ready=not_ready)
+                out = receive(
+                    name, frame, trio.current_time(), arrival=arrival, csum_not_ready=not_ready
+                )
                 if on_frame is not None:
-                    on_frame(name, frame, out)
+                    on_frame(name, frame, out, arrival)
                 self._deliver(out)
             await trio.lowlevel.checkpoint()
 
@@ -264,14 +286,15 @@ class Forwarder:
             self._lane_ops.send_nowait(("add", lane))
         for lane in out.express_remove:
             self._lane_ops.send_nowait(("remove", lane))
+        sent = time.time() if out.records else 0.0
         for port, frame in out.frames:
             try:
                 interfaces[port].sender.send(frame)
             except (BlockingIOError, OSError):
                 # a full device queue: the frame is lost as on a real link
                 self.send_errors += 1
-        if out.events:
-            self.on_events(out)
+        if out.records:
+            self.on_records(stamp_sent(out.records, sent))
         wake = self.middlebox.next_wakeup()
         if wake is not None and wake < self._timer_at:
             self._wake.set()
@@ -284,15 +307,15 @@ class Forwarder:
                 await self._wake.wait()
             self._wake = trio.Event()
             self._timer_at = float("inf")
-            out = self.middlebox.tick(trio.current_time())
+            out = self.middlebox.tick(trio.current_time(), time.time())
             self._deliver(out)
 
 
-def log_events(log: Any) -> Callable[[Output], None]:
-    """An ``on_events`` that writes each event on a structlog logger."""
+def log_records(log: Any) -> Callable[[list[Record]], None]:
+    """An ``on_records`` that writes each record on a structlog logger."""
 
-    def emit(out: Output) -> None:
-        for name, fields in out.events:
-            log.info(name, **fields)
+    def write(records: list[Record]) -> None:
+        for record in records:
+            emit(log, record)
 
-    return emit
+    return write

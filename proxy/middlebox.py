@@ -21,11 +21,19 @@ Per frame, in order:
 5. TCP segments are tagged (:mod:`proxy.flows`) and judged
    (:mod:`proxy.rules`): passed, dropped, delayed, duplicated, held until
    released, or answered by an in-window RST to both ends.  Every segment
-   gets a ``segment`` event with its verdict.  Other IP traffic is forwarded
+   gets a ``segment`` record with its verdict.  Other IP traffic is forwarded
    as it is.
 6. The egress MAC is looked up at send time (a delayed frame uses the MAC
    known when it leaves); an unknown one triggers ARP/NS, and the frame
    waits for the answer instead of being lost.
+
+Time: ``now`` (the monotonic clock the shell sleeps on) schedules delays;
+``arrival`` is the kernel's receive timestamp of the frame (wall clock),
+which becomes the record's ``ts``.  A segment that leaves at once is logged
+when judged; the shell stamps ``sent_ts`` on every record of a segment it
+sends (:func:`stamp_sent`).  A paced segment is logged when it leaves.  A
+segment a rule delays or holds is logged twice: on arrival (``delay`` /
+``hold``) and when it leaves (``release``).
 """
 
 from __future__ import annotations
@@ -33,13 +41,13 @@ from __future__ import annotations
 import dataclasses
 import struct
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Literal
 
 from proxy import flows as flowsmod
 from proxy import rules as rulesmod
 from proxy import wire
 from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
-from tcplab import events
+from tcplab.events import FrameDropped, Record, Segment, Verdict
 
 # a FIN, RST or SYN takes a connection out of the express lane
 _LANE_EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN
@@ -54,19 +62,19 @@ CONTROL_TAGS = frozenset(
 )
 """Segments logged in ``control`` mode (with any segment a rule acted on)."""
 
-Event = tuple[str, dict[str, Any]]
+_SENT_NOW = frozenset({"pass", "duplicate", "inject", "release"})
 
 
 @dataclasses.dataclass(slots=True)
 class Output:
-    """What the shell does after one call: frames to send now, events to log."""
+    """What the shell does after one call: frames to send now, records to log."""
 
     frames: list[tuple[str, bytes | bytearray]] = dataclasses.field(default_factory=list)
-    events: list[Event] = dataclasses.field(default_factory=list)
-    segment: dict[str, Any] | None = None
-    """The received frame's ``segment`` fields, when it was a TCP segment."""
-    injected: list[tuple[str, bytes, dict[str, Any]]] = dataclasses.field(default_factory=list)
-    """Segments the proxy made: ``(port, frame, segment fields)``."""
+    records: list[Record] = dataclasses.field(default_factory=list)
+    segment: Segment | None = None
+    """The received frame's ``segment`` record, when it was a TCP segment."""
+    injected: list[tuple[str, bytes, Segment]] = dataclasses.field(default_factory=list)
+    """Segments the proxy made: ``(port, frame, record)``."""
     express_add: list[ExpressLane] = dataclasses.field(default_factory=list)
     """Connections to hand to the kernel lane (the shell installs, then calls
     :meth:`Middlebox.express_done`)."""
@@ -75,7 +83,7 @@ class Output:
 
     def extend(self, other: Output) -> None:
         self.frames.extend(other.frames)
-        self.events.extend(other.events)
+        self.records.extend(other.records)
         self.injected.extend(other.injected)
         self.express_add.extend(other.express_add)
         self.express_remove.extend(other.express_remove)
@@ -89,8 +97,9 @@ class ExpressLane:
     client: tuple[str, int]
     server: tuple[str, int]
     state: Literal["installing", "on", "leaving"] = "installing"
-    parked: list[tuple[str, bytes, bool]] = dataclasses.field(default_factory=list)
-    """Frames waiting for the lane to close: ``(port, frame, csum_not_ready)``."""
+    parked: list[tuple[str, bytes, bool, float]] = dataclasses.field(default_factory=list)
+    """Frames waiting for the lane to close: ``(port, frame, csum_not_ready,
+    arrival)``."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -100,8 +109,13 @@ class _Routed:
     port: str
     next_hop: str
     frame: bytearray
-    segment: dict[str, Any] | None = None
-    """The ``segment`` event fields logged when it was judged (TCP only)."""
+    segment: Segment | None = None
+    """The ``segment`` record made when it was judged (TCP only)."""
+    log_on_departure: Literal["no", "as_is", "release"] = "no"
+    """What to log when a delayed frame leaves: nothing, the record itself
+    (paced), or a ``release`` of it (a delay rule)."""
+    decided: float = 0.0
+    """``now`` when it was judged (for a release's ``kept_ms``)."""
 
 
 COUNTERS = (
@@ -166,9 +180,11 @@ class Middlebox:
         frame: bytes | bytearray | memoryview,
         now: float,
         *,
+        arrival: float,
         csum_not_ready: bool = False,
     ) -> Output:
-        """One frame read on ``port_name``."""
+        """One frame read on ``port_name`` at ``now`` (the scheduling clock);
+        ``arrival`` is the kernel's receive timestamp of it (wall clock)."""
         out = Output()
         counters = self.counters
         counters["frames_in"] += 1
@@ -185,11 +201,8 @@ class Middlebox:
             parsed = wire.parse_frame(frame)
         except wire.FrameError as exc:
             counters["dropped_malformed"] += 1
-            out.events.append(
-                (
-                    events.FRAME_DROPPED,
-                    {"reason": "malformed", "port": port_name, "detail": str(exc)},
-                )
+            out.records.append(
+                FrameDropped(ts=arrival, reason="malformed", port=port_name, detail=str(exc))
             )
             return out
         ip = parsed.ip
@@ -205,7 +218,7 @@ class Middlebox:
                 if lane.state != "leaving":
                     lane.state = "leaving"
                     out.express_remove.append(lane)
-                lane.parked.append((port_name, bytes(frame), csum_not_ready))
+                lane.parked.append((port_name, bytes(frame), csum_not_ready, arrival))
                 counters["express_parked"] += 1
                 return out
         if ip is None:
@@ -225,8 +238,8 @@ class Middlebox:
         route = self.routes.lookup(ip.dst)
         if route is None:
             counters["dropped_no_route"] += 1
-            out.events.append(
-                (events.FRAME_DROPPED, {"reason": "no_route", "port": port_name, "dst": ip.dst})
+            out.records.append(
+                FrameDropped(ts=arrival, reason="no_route", port=port_name, dst=ip.dst)
             )
             return out
         out_name, next_hop = route
@@ -234,18 +247,16 @@ class Middlebox:
         ip_len = len(frame) - parsed.eth.header_len
         if ip_len > egress.mtu:
             counters["dropped_mtu"] += 1
-            out.events.append(
-                (
-                    events.FRAME_DROPPED,
-                    {
-                        "reason": "mtu",
-                        "port": port_name,
-                        "egress": out_name,
-                        "bytes": ip_len,
-                        "mtu": egress.mtu,
-                        "src": ip.src,
-                        "dst": ip.dst,
-                    },
+            out.records.append(
+                FrameDropped(
+                    ts=arrival,
+                    reason="mtu",
+                    port=port_name,
+                    egress=out_name,
+                    bytes=ip_len,
+                    mtu=egress.mtu,
+                    src=ip.src,
+                    dst=ip.dst,
                 )
             )
             return out
@@ -255,28 +266,28 @@ class Middlebox:
         buf = bytearray(frame)
         if not _decrement_hop_limit(buf, parsed):
             counters["dropped_ttl"] += 1
-            out.events.append(
-                (events.FRAME_DROPPED, {"reason": "ttl", "port": port_name, "dst": ip.dst})
-            )
+            out.records.append(FrameDropped(ts=arrival, reason="ttl", port=port_name, dst=ip.dst))
             return out
         routed = _Routed(out_name, next_hop, buf)
         if tcp is None:
             self._send_routed(routed, now, out)
             return out
-        self._judge(parsed, tcp, routed, port_name, now, out)
+        self._judge(parsed, tcp, routed, port_name, now, arrival, out)
         return out
 
-    def tick(self, now: float) -> Output:
-        """Send what is due: delayed frames, ARP/NS retries; expire flows."""
+    def tick(self, now: float, wall: float) -> Output:
+        """Send what is due: delayed frames, ARP/NS retries; expire flows.
+        ``wall`` is the wall-clock ``now`` (for records of what is due)."""
         out = Output()
         for routed in self.delayed.pop_due(now):
+            self._depart(routed, now, out)
             self._send_routed(routed, now, out)
         retries, dropped = self.neighbours.tick(now)
         for port, frame in retries:
             out.frames.append((port, frame))
         if dropped:
             self.counters["dropped_unresolved"] += dropped
-            out.events.append((events.FRAME_DROPPED, {"reason": "unresolved", "frames": dropped}))
+            out.records.append(FrameDropped(ts=wall, reason="unresolved", frames=dropped))
         if now - self._last_expire > 1.0:
             self._last_expire = now
             self.flows.expire(now)
@@ -287,12 +298,23 @@ class Middlebox:
         out = Output()
         for routed in self.held.release(rule):
             self.counters["released"] += 1
-            if routed.segment is not None:
-                fields = dict(routed.segment, verdict="release")
-                fields.pop("delay_ms", None)
-                out.events.append((events.SEGMENT, fields))
+            self._depart(routed, now, out)  # a release, if its hold was logged
             self._send_routed(routed, now, out)
         return out
+
+    def _depart(self, routed: _Routed, now: float, out: Output) -> None:
+        """A delayed or held segment leaves: log what its arrival left for now."""
+        record = routed.segment
+        if record is None or routed.log_on_departure == "no":
+            return
+        if routed.log_on_departure == "release":
+            # delay_ms stays: a release with one ends a delay, without one a hold
+            record = dataclasses.replace(
+                record,
+                verdict="release",
+                kept_ms=round((now - routed.decided) * 1000, 3),
+            )
+        out.records.append(record)
 
     def express_done(self, lane: ExpressLane, op: Literal["add", "remove"], now: float) -> Output:
         """The shell finished installing (``add``) or removing ``lane``'s filters.
@@ -307,8 +329,10 @@ class Middlebox:
                 lane.state = "on"
         else:
             del self.lanes[key]
-            for port_name, frame, not_ready in lane.parked:
-                out.extend(self.receive(port_name, frame, now, csum_not_ready=not_ready))
+            for port_name, frame, not_ready, arrival in lane.parked:
+                out.extend(
+                    self.receive(port_name, frame, now, arrival=arrival, csum_not_ready=not_ready)
+                )
         return out
 
     def express_failed(self, lane: ExpressLane, now: float) -> Output:
@@ -372,6 +396,7 @@ class Middlebox:
         routed: _Routed,
         port_name: str,
         now: float,
+        arrival: float,
         out: Output,
     ) -> None:
         ip = parsed.ip
@@ -399,16 +424,22 @@ class Middlebox:
                 or not CONTROL_TAGS.isdisjoint(tagged.tags)
             )
         )
-        # the event's fields are built only when someone reads them: the log,
-        # the capture's comments, or a held segment's later "release" event
+        # the record is built only when someone reads it: the log, the
+        # capture's comments, or a held or delayed segment's later "release"
         if log or self.describe_every_segment or action != "pass":
-            fields = segment_fields(
-                tagged, action, verdict.rule, send_at - now if delayed else None
+            record = segment_record(
+                tagged, action, verdict.rule, send_at - now if delayed else None, arrival
             )
-            routed.segment = fields
-            out.segment = fields
+            routed.segment = record
+            routed.decided = now
+            out.segment = record
             if log:
-                out.events.append((events.SEGMENT, fields))
+                if action in ("pass", "duplicate") and delayed:
+                    routed.log_on_departure = "as_is"  # paced: logged when it leaves
+                else:
+                    out.records.append(record)
+                    if action in ("delay", "hold"):
+                        routed.log_on_departure = "release"
         if action == "pass" and not delayed and self.express_enabled:
             self._maybe_express(tagged, now, out)
         if action in ("pass", "delay", "duplicate"):
@@ -416,11 +447,16 @@ class Middlebox:
             if action != "pass":
                 counters["delayed" if action == "delay" else "duplicated"] += 1
             for i in range(copies):
+                # the copy travels with the original but is logged once
                 item = (
-                    routed if i == 0 else dataclasses.replace(routed, frame=bytearray(routed.frame))
+                    routed
+                    if i == 0
+                    else dataclasses.replace(
+                        routed, frame=bytearray(routed.frame), log_on_departure="no"
+                    )
                 )
                 if delayed:
-                    self._delay(item, send_at, out)
+                    self._delay(item, send_at, arrival, out)
                 else:
                     self._send_routed(item, now, out)
         elif action == "drop":
@@ -429,17 +465,27 @@ class Middlebox:
             counters["held"] += 1
             if not self.held.hold(routed, verdict.rule or "hold"):
                 counters["dropped_queue_full"] += 1
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival, reason="queue_full", conn=tagged.conn, detail="hold queue"
+                    )
+                )
         elif action == "reset":
             counters["resets_injected"] += 1
-            self._inject_resets(parsed, tcp, tagged, routed, port_name, verdict.rule, now, out)
+            self._inject_resets(
+                parsed, tcp, tagged, routed, port_name, verdict.rule, now, arrival, out
+            )
 
-    def _delay(self, routed: _Routed, send_at: float, out: Output) -> None:
+    def _delay(self, routed: _Routed, send_at: float, arrival: float, out: Output) -> None:
         if not self.delayed.push(routed, send_at):
             self.counters["dropped_queue_full"] += 1
-            out.events.append(
-                (
-                    events.FRAME_DROPPED,
-                    {"reason": "queue_full", "conn": (routed.segment or {}).get("conn")},
+            record = routed.segment
+            out.records.append(
+                FrameDropped(
+                    ts=arrival,
+                    reason="queue_full",
+                    conn=record.conn if record is not None else None,
+                    detail="delay queue",
                 )
             )
 
@@ -476,6 +522,7 @@ class Middlebox:
         in_port: str,
         rule: str | None,
         now: float,
+        arrival: float,
         out: Output,
     ) -> None:
         """Drop the segment; send an in-window RST to each end instead.
@@ -537,34 +584,51 @@ class Middlebox:
             ),
         ):
             injected = self.flows.classify(src, dst, rst_ack, seq, ack, 0, now)
-            fields = segment_fields(injected, "inject", rule, None)
-            out.events.append((events.SEGMENT, fields))
+            out.records.append(segment_record(injected, "inject", rule, None, arrival))
+        toward_receiver, toward_sender = out.records[-2], out.records[-1]
+        assert isinstance(toward_receiver, Segment) and isinstance(toward_sender, Segment)
         self._send_routed(_Routed(routed.port, routed.next_hop, bytearray(forward_rst)), now, out)
         out.frames.append((in_port, backward_rst))
+        # for the capture: the frames the proxy made, with their records
+        out.injected.append((routed.port, forward_rst, toward_receiver))
+        out.injected.append((in_port, backward_rst, toward_sender))
 
 
-def segment_fields(
-    tagged: flowsmod.Tagged, verdict: str, rule: str | None, delay: float | None
-) -> dict[str, Any]:
-    """The ``segment`` event for a tagged segment (DESIGN: event vocabulary)."""
-    fields: dict[str, Any] = {
-        "conn": tagged.conn,
-        "dir": tagged.dir,
-        "flags": tagged.flags,
-        "seq": tagged.seq,
-        "ack": tagged.ack,
-        "rseq": tagged.rseq,
-        "rack": tagged.rack,
-        "len": tagged.len,
-        "tags": list(tagged.tags),
-        "verdict": verdict,
-        "conn_number": tagged.conn_number,
-    }
-    if rule is not None:
-        fields["rule"] = rule
-    if delay is not None:
-        fields["delay_ms"] = round(delay * 1000, 3)
-    return fields
+def segment_record(
+    tagged: flowsmod.Tagged,
+    verdict: Verdict,
+    rule: str | None,
+    delay: float | None,
+    arrival: float,
+) -> Segment:
+    """The ``segment`` record of a tagged segment that arrived at ``arrival``."""
+    return Segment(
+        ts=arrival,
+        conn=tagged.conn,
+        dir=tagged.dir,
+        flags=tagged.flags,
+        seq=tagged.seq,
+        ack=tagged.ack,
+        rseq=tagged.rseq,
+        rack=tagged.rack,
+        len=tagged.len,
+        tags=tagged.tags,
+        verdict=verdict,
+        rule=rule,
+        delay_ms=round(delay * 1000, 3) if delay is not None else None,
+        conn_number=tagged.conn_number,
+    )
+
+
+def stamp_sent(records: list[Record], sent: float) -> list[Record]:
+    """``records`` with ``sent_ts`` set on the segments that leave now (the
+    shell calls this with the time it put them on the wire)."""
+    return [
+        dataclasses.replace(r, sent_ts=sent)
+        if isinstance(r, Segment) and r.sent_ts is None and r.verdict in _SENT_NOW
+        else r
+        for r in records
+    ]
 
 
 _IPV4_TTL = 8

@@ -19,10 +19,11 @@ import time
 from typing import Any
 
 from proxy.options import add_rule_options
-from tcplab import logs, topology
+from tcplab import causality, connview, events, logs, netns, topology
 from tcplab.units import parse_duration
 
 EXIT_USAGE = 2
+RUN_JSON = [sys.executable, "-m", "tcplab.cli", "run", "--json"]
 
 
 def _duration(text: str) -> float:
@@ -89,6 +90,33 @@ def _fault_argv(args: argparse.Namespace, command: str) -> tuple[str, ...]:
     return tuple(argv)
 
 
+AD_HOC_DEFAULTS: dict[str, Any] = {
+    "server_close": "immediate",
+    "client_close": "active",
+    "count": 1,
+    "concurrency": 1,
+    "port": 7007,
+    "observe_for": 2.0,
+    "log_segments": "all",
+}
+"""What an ad-hoc run uses for the options not given (their argparse
+default is None, so that a scenario run can tell "given" from "default")."""
+
+
+def _given(args: argparse.Namespace, name: str) -> Any:
+    """The option's value when the command line gave it, else None."""
+    return getattr(args, name, None)
+
+
+def _value(args: argparse.Namespace, name: str) -> Any:
+    value = _given(args, name)
+    return AD_HOC_DEFAULTS[name] if value is None else value
+
+
+def _json_line(record: events.Record) -> str:
+    return json.dumps(events.to_fields(record), ensure_ascii=False)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     if args.scenario:
         return cmd_run_scenario(args)
@@ -96,35 +124,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     from tcplab import runner, transcript
 
     fault_argv = _fault_argv(args, "run")
-    if args.log_segments != "all":
-        fault_argv += ("--log-segments", args.log_segments)
+    if _value(args, "log_segments") != "all":
+        fault_argv += ("--log-segments", _value(args, "log_segments"))
 
     opts = runner.RunOptions(
-        server_close=args.server_close,
-        client_close=args.client_close,
+        server_close=_value(args, "server_close"),
+        client_close=_value(args, "client_close"),
         send=tuple(args.send or ["hello"]),
-        count=args.count,
-        concurrency=args.concurrency,
+        count=_value(args, "count"),
+        concurrency=_value(args, "concurrency"),
         ipv6=args.ipv6,
-        port=args.port,
-        observe_for=args.observe_for,
+        port=_value(args, "port"),
+        observe_for=_value(args, "observe_for"),
         farewell=args.farewell,
         sysctls=_sysctl_map(args.sysctl or []),
-        forwarding=topology.Forwarding(args.forwarding),
+        forwarding=topology.Forwarding(args.forwarding or "proxy"),
         proxy_args=fault_argv,
         pcap=os.path.abspath(args.pcap) if args.pcap else None,
+        trace=not args.no_trace,
     )
     out = sys.stdout
-    state: dict[str, Any] = {"t0": None}
+    state: dict[str, float] = {}
 
-    def show(event: dict[str, Any]) -> None:
+    def show(placed: causality.Placed) -> None:
         if args.json:
-            out.write(json.dumps(event) + "\n")
+            out.write(_json_line(placed.record) + "\n")
             out.flush()
             return
-        if state["t0"] is None:
-            state["t0"] = float(event["ts"])
-        out.write(transcript.format_line(event, state["t0"]) + "\n")
+        t0 = state.setdefault("t0", causality.position(placed.record))
+        out.write(transcript.format_line(placed, t0) + "\n")
         out.flush()
 
     if not args.json:
@@ -143,15 +171,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     for line in result.stray:
         print(f"  ! {line}", file=sys.stderr)
+    violations = causality.check(result.records)
     if not args.json:
         print(
             f"lab {result.lab_id} torn down; client exit {result.client_status}, "
             f"server exit {result.server_status}",
             file=out,
         )
+        for violation in violations:
+            print(f"  ✗ causal order: {violation.describe()}", file=out)
         if args.pcap:
             print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
-    return 0 if result.client_status == 0 and result.server_status == 0 else 1
+    ok = result.client_status == 0 and result.server_status == 0
+    return 0 if ok and not violations else 1
 
 
 # --- scenarios -------------------------------------------------------------------
@@ -167,13 +199,52 @@ def _load_scenario(name: str, command: str) -> Any:
         raise SystemExit(EXIT_USAGE) from None
 
 
-def cmd_run_scenario(args: argparse.Namespace) -> int:
-    from tcplab import runner, scenario, timeline
+def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.LabSpec]:
+    """The scenario, run options and lab a ``run SCENARIO`` asks for: the
+    scenario's own, with every option given on the command line taking its
+    place (faults are added to the scenario's; sysctls override it key by
+    key).  Raises SystemExit(2) with a message for an option that cannot
+    apply."""
+    from tcplab import runner
 
-    sc = _load_scenario(args.scenario, "run")
-    _need_net_admin("run")
+    fault_argv = _fault_argv(args, "run")
     pace = parse_duration(args.pace) if args.pace else None
     opts = runner.scenario_options(sc, pace=pace)
+    # the scenario's rules first, then the ones given: where both match a
+    # segment, the scenario's decides (proxy/rules.py: the first that fires)
+    extra = _without_option(fault_argv, "--pace")
+    proxy_args = (*opts.proxy_args, *extra)
+    if _given(args, "log_segments") is not None:
+        proxy_args = _without_option(proxy_args, "--log-segments")
+        if args.log_segments != "all":
+            proxy_args += ("--log-segments", args.log_segments)
+    replace: dict[str, Any] = {"proxy_args": proxy_args, "trace": not args.no_trace}
+    for name in ("server_close", "client_close", "count", "concurrency", "port", "observe_for"):
+        if _given(args, name) is not None:
+            replace[name] = _given(args, name)
+    if args.send:
+        replace["send"] = tuple(args.send)
+    if args.farewell is not None:
+        replace["farewell"] = args.farewell
+    if args.ipv6:
+        replace["ipv6"] = True
+    if args.pcap:
+        replace["pcap"] = os.path.abspath(args.pcap)
+    sysctls: dict[topology.Side, dict[str, str]] = {
+        side: dict(values) for side, values in sc.sysctls.items()
+    }
+    for side, values in _sysctl_map(args.sysctl or []).items():
+        sysctls.setdefault(side, {}).update(values)
+    replace["sysctls"] = sysctls
+    if args.forwarding == "kernel":
+        if sc.rules or sc.pace or fault_argv:
+            print(
+                f"tcplab run: {sc.name} needs the proxy for its faults; drop --forwarding kernel",
+                file=sys.stderr,
+            )
+            raise SystemExit(EXIT_USAGE)
+        replace["forwarding"] = topology.Forwarding.KERNEL
+    opts = dataclasses.replace(opts, **replace)
     if args.wait:
         # TIME_WAIT is TCP_TIMEWAIT_LEN, 60 s: observe until it is over; what
         # the scenario expects to be left at the end no longer applies
@@ -185,19 +256,42 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
         opts = dataclasses.replace(
             opts, observe_for=65.0, deadline=max(opts.deadline, 65.0 + sc.deadline)
         )
-    spec = topology.LabSpec(forwarding=topology.Forwarding.PROXY, sysctls=sc.sysctls)
+    spec = topology.LabSpec(forwarding=opts.forwarding, sysctls=opts.sysctls)
+    return sc, opts, spec
+
+
+def _without_option(argv: tuple[str, ...], name: str) -> tuple[str, ...]:
+    out: list[str] = []
+    skip = False
+    for item in argv:
+        if skip:
+            skip = False
+            continue
+        if item == name:
+            skip = True
+            continue
+        out.append(item)
+    return tuple(out)
+
+
+def cmd_run_scenario(args: argparse.Namespace) -> int:
+    from tcplab import runner, scenario, timeline
+
+    sc = _load_scenario(args.scenario, "run")
+    sc, opts, spec = scenario_run(args, sc)
+    _need_net_admin("run")
     out = sys.stdout
-    ladder = timeline.Ladder()
+    ladder = timeline.Ladder(lang=args.lang)
     if not args.json:
         print(f"{sc.name}: {sc.title}\n", file=out)
         for line in ladder.header():
             print(line, file=out)
 
-    def show(event: dict[str, Any]) -> None:
+    def show(placed: causality.Placed) -> None:
         if args.json:
-            out.write(json.dumps(event) + "\n")
+            out.write(_json_line(placed.record) + "\n")
         else:
-            for line in ladder.feed(event):
+            for line in ladder.feed(placed):
                 out.write(line + "\n")
         out.flush()
 
@@ -209,20 +303,25 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
     except topology.TopologyError as exc:
         print(f"tcplab run: {exc}", file=sys.stderr)
         return 1
+    if not args.json:
+        for line in ladder.flush():
+            print(line, file=out)
     statuses = {"client": result.client_status, "server": result.server_status}
-    failures = scenario.check(sc, result.events, statuses)
+    failures = scenario.check(sc, result.records, statuses)
+    t0 = connview.time_zero(result.records)
+    violations = [v.describe(t0) for v in causality.check(result.records)]
     if args.json:
-        done = {
-            "ts": runner.wall_now(),
-            "component": "runner",
-            "event": "run_done",
-            "scenario": sc.name,
-            "client_status": result.client_status,
-            "server_status": result.server_status,
-            "proxy_status": result.proxy_status,
-            "failures": failures,
-        }
-        out.write(json.dumps(done) + "\n")
+        done = events.RunDone(
+            ts=time.time(),
+            component="runner",
+            scenario=sc.name,
+            client_status=result.client_status,
+            server_status=result.server_status,
+            proxy_status=result.proxy_status,
+            failures=tuple(failures),
+            violations=tuple(violations),
+        )
+        out.write(_json_line(done) + "\n")
     else:
         print("", file=out)
         print(sc.teaches_zh if args.lang == "zh" else sc.teaches, file=out)
@@ -233,19 +332,21 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
                 print(f"  ✗ {failure}", file=out)
         else:
             print("every expectation held ✓", file=out)
+        for violation in violations:
+            print(f"  ✗ causal order: {violation}", file=out)
     for line in result.stray:
         print(f"  ! {line}", file=sys.stderr)
     if args.html:
         explanation = sc.teaches_zh if args.lang == "zh" else sc.teaches
         page = timeline.render_html(
-            result.events, title=f"{sc.name}: {sc.title}", explanation=explanation,
-            failures=failures,
+            result.records, title=f"{sc.name}: {sc.title}", explanation=explanation,
+            failures=[*failures, *violations], lang=args.lang,
         )  # fmt: skip
         with open(args.html, "w", encoding="utf-8") as fh:
             fh.write(page)
         if not args.json:
             print(f"ladder diagram: {args.html}", file=out)
-    return 0 if not failures else 1
+    return 0 if not failures and not violations else 1
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -301,7 +402,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         async with limiter:
             started = time.monotonic()
             proc = await trio.run_process(
-                [sys.executable, "-m", "tcplab.cli", "run", str(path), "--json"],
+                [*RUN_JSON, str(path), *(["--no-trace"] if args.no_trace else [])],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -309,19 +410,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
             failures: list[str] = []
             done = None
             for raw in proc.stdout.splitlines():
-                try:
-                    event = json.loads(raw)
-                except ValueError:
-                    continue
-                if isinstance(event, dict) and event.get("event") == "run_done":
-                    done = event
+                record = events.parse_record(raw)
+                if isinstance(record, events.RunDone):
+                    done = record
             if done is None:
                 tail = proc.stderr.decode(errors="replace").strip().splitlines()[-3:]
                 failures.append(
                     f"the run did not finish (exit {proc.returncode}): {' | '.join(tail)}"
                 )
             else:
-                failures = list(done.get("failures", []))
+                failures = [*done.failures, *(f"causal order: {v}" for v in done.violations)]
             results[sc.name] = (failures, time.monotonic() - started)
             mark = "ok" if not failures else f"FAILED ({len(failures)})"
             print(f"[{len(results)}/{total}] {sc.name:<28} {mark}  {results[sc.name][1]:.1f} s",
@@ -611,24 +709,53 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # --- watch -----------------------------------------------------------------------
 
 
+def _addresses_of(ns: str) -> list[str]:
+    """The addresses configured in namespace ``ns`` (loopback's left out)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute(netns=ns) as ip:
+        found = [msg.get_attr("IFA_ADDRESS") for msg in ip.get_addr()]
+    return [a for a in found if a and not a.startswith("127.") and a != "::1"]
+
+
 def cmd_watch(args: argparse.Namespace) -> int:
     import trio
 
-    from daemons.observer import Observer, port_filter
+    from daemons.observer import Observer, TraceConfig, port_filter, trace_filters
 
-    if not os.path.exists(f"/run/netns/{args.netns}"):
+    try:
+        netns.path_of(args.netns)
+    except netns.NetnsError as exc:
+        print(f"tcplab watch: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not netns.exists(args.netns):
         print(f"tcplab watch: no network namespace {args.netns!r}", file=sys.stderr)
         return 1
     logs.configure("watch", args.log_format)
     log = logs.get_logger()
+    by_port = port_filter(args.port or [])
+    trace: TraceConfig | None = None
+    match = by_port
+    if not args.no_trace:
+        # tracepoints see every namespace: keep the sockets on this one's addresses
+        own = frozenset(_addresses_of(args.netns))
+        v4 = sorted(a for a in own if ":" not in a)
+        trace = TraceConfig(
+            f"{topology.TRACE_PREFIX}watch-{os.getpid()}",
+            trace_filters(v4[0] if len(v4) == 1 else None),
+        )
+
+        def match(key: tuple[str, int, str, int]) -> bool:
+            return key[0] in own and by_port(key)
 
     async def main() -> None:
         observer = Observer(
             log,
-            match=port_filter(args.port or []),
+            match=match,
             interval=args.interval,
             vouched=False,
             netns=args.netns,
+            trace=trace,
         )
         with trio.move_on_after(args.duration if args.duration else float("inf")):
             await observer.run()
@@ -664,26 +791,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--server-close",
-        default="immediate",
+        default=None,
         metavar="POLICY",
-        help="immediate | linger:D | never | abort | first[:N] | half[:N]",
+        help="immediate (default) | linger:D | never | abort | first[:N] | half[:N]",
     )
     run.add_argument(
         "--client-close",
-        default="active",
+        default=None,
         metavar="POLICY",
-        help="active | shutdown | passive | abort | never",
+        help="active (default) | shutdown | passive | abort | never",
     )
     run.add_argument("--send", action="append", metavar="TEXT", help="message (repeatable)")
-    run.add_argument("--count", type=int, default=1, help="connections (default 1)")
-    run.add_argument("--concurrency", type=int, default=1)
+    run.add_argument("--count", type=int, default=None, help="connections (default 1)")
+    run.add_argument("--concurrency", type=int, default=None, help="at a time (default 1)")
     run.add_argument("--ipv6", action="store_true", help="talk over IPv6")
-    run.add_argument("--port", type=int, default=7007)
+    run.add_argument("--port", type=int, default=None, help="server port (default 7007)")
     run.add_argument("--farewell", metavar="TEXT", help="server sends TEXT from CLOSE_WAIT")
     run.add_argument(
         "--observe-for",
         type=_duration,
-        default=_duration("2s"),
+        default=None,
         metavar="D",
         help="keep observing this long after the conversation (default 2s; TIME_WAIT lasts 60s)",
     )
@@ -696,16 +823,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--json", action="store_true", help="print the merged event lines as JSON")
     run.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="observe by polling sock_diag only, as in containers (default: also the "
+        "kernel's tracepoints, where tracefs can be used)",
+    )
+    run.add_argument(
         "--forwarding",
         choices=[m.value for m in topology.Forwarding],
-        default="proxy",
+        default=None,
         help="who forwards in the middle (default: the proxy; kernel = no faults)",
     )
     run.add_argument("--pcap", metavar="FILE", help="the proxy writes every frame to FILE (pcapng)")
     run.add_argument(
         "--log-segments",
         choices=["all", "control", "none"],
-        default="all",
+        default=None,
         help="which segments the proxy logs (control: handshake, teardown, resets, "
         "retransmits and any segment a rule touched)",
     )
@@ -721,6 +854,9 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="run scenarios and check every expectation")
     verify.add_argument("names", nargs="*", help="scenarios (default: the whole catalogue)")
     verify.add_argument("--jobs", type=int, default=1, help="scenarios at a time (own labs)")
+    verify.add_argument(
+        "--no-trace", action="store_true", help="poll sock_diag only (as in containers)"
+    )
     verify.set_defaults(func=cmd_verify)
     role = sub.add_parser(
         "role", help="be one side of the lab in a container (compose.yaml): server, proxy, client"
@@ -804,6 +940,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after D (default: until Ctrl-C)",
     )
     watch.add_argument("--log-format", choices=logs.FORMATS, default="auto")
+    watch.add_argument(
+        "--no-trace",
+        action="store_true",
+        help="poll sock_diag only (default: also the kernel's tracepoints, where tracefs works)",
+    )
     watch.set_defaults(func=cmd_watch)
     return parser
 

@@ -6,11 +6,19 @@
 * ``fmt="console"`` — structlog's coloured console renderer, for a person;
 * ``fmt="auto"`` — console when the stream is a tty, JSON lines otherwise.
 
-Every line carries ``ts`` (wall clock, seconds, microsecond precision: all
-namespaces share one kernel clock, so lines from several processes merge by
-``ts``), ``component`` and ``event``.  Records from the stdlib ``logging``
-module (trio, pyroute2) go through the same processor chain, so a warning
-from a library is a JSON line too, not a stray text line in the event stream.
+Every line carries ``component`` and ``event`` and the record's own ``ts``
+(when the fact happened: :mod:`tcplab.events`).  The processor chain never
+supplies ``ts``; it adds ``logged_ts``, when the line was written, so the gap
+between a fact and its report can be measured.  A structlog call without
+``ts`` is a bug: its line does not parse as an event, and the runner reports
+it as a stray line.  Records from the stdlib ``logging`` module (trio,
+pyroute2) go through the same chain as ``log_message`` events, with ``ts``
+the moment the library logged; a warning from a library is a JSON line too,
+not a stray text line in the event stream.
+
+Exceptions: the console renderer formats tracebacks itself (structlog's
+guidance: no ``format_exc_info`` ahead of it); JSON lines carry them as
+structured ``exception`` fields (``dict_tracebacks``).
 """
 
 from __future__ import annotations
@@ -27,10 +35,20 @@ LogFormat = Literal["auto", "console", "json"]
 FORMATS: tuple[LogFormat, ...] = ("auto", "console", "json")
 
 
-def _add_ts(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
-    # time.time() rounded to the microsecond: the field is comparable across
-    # processes, and lines stay short.
-    event_dict.setdefault("ts", round(time.time(), 6))
+def _add_logged_ts(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    # when the line is written; never the fact's time (that is ``ts``)
+    event_dict["logged_ts"] = round(time.time(), 6)
+    return event_dict
+
+
+def _foreign(_logger: Any, _name: str, event_dict: MutableMapping[str, Any]) -> Any:
+    """A stdlib logging record: ``log_message`` at the moment it was logged."""
+    record = event_dict.get("_record")
+    event_dict["message"] = str(event_dict.get("event", ""))
+    event_dict["event"] = "log_message"
+    if record is not None:
+        event_dict["ts"] = round(record.created, 6)
+        event_dict["log_level"] = record.levelname.lower()
     return event_dict
 
 
@@ -63,17 +81,20 @@ def configure(
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
-        _add_ts,
+        _add_logged_ts,
     ]
     renderer: Any
+    tracebacks: list[Any]
     if chosen == "json":
         renderer = structlog.processors.JSONRenderer(sort_keys=False)
+        tracebacks = [structlog.processors.dict_tracebacks]
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=_colour_ok(out))
+        tracebacks = []
     structlog.configure(
         processors=[
             *shared,
-            structlog.processors.format_exc_info,
+            *tracebacks,
             _reorder,
             renderer,
         ],
@@ -89,7 +110,7 @@ def configure(
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _foreign],
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 _reorder,

@@ -179,6 +179,7 @@ def _say(sc: Any) -> None:
 
     from tcplab import events
 
-    line = {"ts": round(time.time(), 6), "component": "client", "event": events.SCENARIO_START,
-            "scenario": sc.name, "title": sc.title}  # fmt: skip
-    print(json.dumps(line), flush=True)
+    record = events.ScenarioStart(
+        ts=time.time(), component="client", scenario=sc.name, title=sc.title
+    )
+    print(json.dumps(events.to_fields(record), ensure_ascii=False), flush=True)

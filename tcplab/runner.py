@@ -3,8 +3,13 @@
 The runner builds a lab, starts the server in the server namespace and the
 client in the client namespace as processes (``python -m daemons.server``,
 ``python -m daemons.client``), reads their JSON event lines as they come,
-and tears everything down on every exit path.  It never imports the daemons'
-internals: the event lines are the interface.
+parses each into a typed record (:mod:`tcplab.events`), and tears everything
+down on every exit path.  It never imports the daemons' internals: the event
+lines are the interface.
+
+Each observer is asked to read the kernel's tracepoints too
+(``--trace tcplab-<lab>-<side>``); where tracefs cannot be used it says so
+in its ``observer_start`` and polls alone.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
 from tcplab import events, topology
+from tcplab.causality import Placed
+from tcplab.events import App, DaemonReady, Record, TcpState
 from tcplab.transcript import REORDER_WINDOW_S, Merger
 from tcplab.units import format_duration
+
+R = TypeVar("R", bound=Record)
 
 SERVER_PORT = 7007
 
@@ -37,6 +46,8 @@ class RunOptions:
     concurrency: int = 1
     ipv6: bool = False
     port: int = SERVER_PORT
+    client_port: int | None = None
+    """Where the client connects, when not ``port`` (a closed port: refused)."""
     observe_for: float = 2.0
     """How long the daemons keep observing once their conversation is over
     (the client's TIME_WAIT alone lasts 60 s)."""
@@ -53,33 +64,41 @@ class RunOptions:
     pcap: str | None = None
     control: str | None = None
     """The proxy's control socket; default ``/run/tcplab/<lab>.proxy.sock``."""
+    trace: bool = True
+    """Ask the observers to read the kernel's tracepoints too."""
 
 
 @dataclasses.dataclass(slots=True)
 class RunResult:
     lab_id: str
-    events: list[dict[str, Any]]
+    records: list[Record]
+    """Every component's records as they arrived: each component's own in the
+    order it logged them (:meth:`by_time` sorts)."""
     client_status: int | None
     server_status: int | None
     proxy_status: int | None
     stray: list[str]
     """Lines from the daemons that were not events (tracebacks, warnings)."""
+    lab: topology.Lab | None = None
 
-    def of(self, component: str, name: str | None = None) -> list[dict[str, Any]]:
-        return [
-            e
-            for e in self.events
-            if e.get("component") == component and (name is None or e.get("event") == name)
-        ]
+    def by_time(self) -> list[Record]:
+        return sorted(self.records, key=lambda r: r.ts)
+
+    def of(self, component: str, kind: type[R]) -> list[R]:
+        """``component``'s records of one type, in order."""
+        return [r for r in self.records if r.component == component and isinstance(r, kind)]
+
+    def app(self, component: str, name: str) -> list[App]:
+        """``component``'s ``app_*`` records of one kind (``app_close``…)."""
+        return [r for r in self.of(component, App) if r.kind == name]
+
+    def named(self, component: str, name: str) -> list[Record]:
+        return [r for r in self.records if r.component == component and r.event == name]
 
     def states(self, component: str) -> list[tuple[str, str, str]]:
-        """(old, new, source) of every tcp_state event from ``component`` that
+        """(old, new, source) of every tcp_state record from ``component`` that
         concerns a connection (listeners left out)."""
-        return [
-            (e["old"], e["new"], e["source"])
-            for e in self.of(component, events.TCP_STATE)
-            if "-" in str(e.get("conn", ""))
-        ]
+        return [(r.old, r.new, r.source) for r in self.of(component, TcpState) if not r.is_listener]
 
 
 def daemon_argv(module: str, netns: str, args: list[str]) -> list[str]:
@@ -87,7 +106,7 @@ def daemon_argv(module: str, netns: str, args: list[str]) -> list[str]:
 
 
 def server_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
-    host = lab.addr.server6 if opts.ipv6 else lab.addr.server4
+    host = lab.addr.server(opts.ipv6)
     args = [
         "--listen",
         events.endpoint(host, opts.port),
@@ -102,6 +121,8 @@ def server_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
     ]
     if opts.farewell is not None:
         args += ["--farewell", opts.farewell]
+    if opts.trace:
+        args += ["--trace", lab.trace_instance("srv")]
     return [*args, *opts.server_extra]
 
 
@@ -119,10 +140,10 @@ def control_path(lab: topology.Lab) -> str:
 
 
 def client_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
-    host = lab.addr.server6 if opts.ipv6 else lab.addr.server4
+    host = lab.addr.server(opts.ipv6)
     args = [
         "--connect",
-        events.endpoint(host, opts.port),
+        events.endpoint(host, opts.client_port or opts.port),
         "--close",
         opts.client_close,
         "--count",
@@ -136,6 +157,8 @@ def client_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
     ]
     for text in opts.send:
         args += ["--send", text]
+    if opts.trace:
+        args += ["--trace", lab.trace_instance("cli")]
     return [*args, *opts.client_extra]
 
 
@@ -181,14 +204,14 @@ async def _first_of(*flags: trio.Event) -> None:
 async def run_in_lab(
     lab: topology.Lab,
     opts: RunOptions,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[Placed], None] | None = None,
 ) -> RunResult:
     """Start server then client in ``lab``; return when both have exited.
 
-    ``on_event`` gets every event line as it comes, in ``ts`` order: lines
-    are held for a short window so one from another process with an earlier
-    ``ts`` can overtake."""
-    collected: list[dict[str, Any]] = []
+    ``on_event`` gets every record as it comes, in causal order: records are
+    held for a short window so one from another process with an earlier
+    ``ts``, or a poll that reports a cause late, can overtake."""
+    collected: list[Record] = []
     stray: list[str] = []
     merger = Merger()
     # one forwarder in the middle, never two (every segment would arrive twice)
@@ -207,15 +230,15 @@ async def run_in_lab(
 
     def make_sink(who: _Proc | None, name: str) -> Callable[[bytes], None]:
         def sink(raw: bytes) -> None:
-            event = events.parse_line(raw)
-            if event is None:
+            record = events.parse_record(raw)
+            if record is None:
                 text = raw.decode(errors="replace").rstrip()
                 if text:
                     stray.append(f"{name}: {text}")
                 return
-            collected.append(event)
-            merger.push(event)
-            if who is not None and event.get("event") == events.DAEMON_READY:
+            collected.append(record)
+            merger.push(record)
+            if who is not None and isinstance(record, DaemonReady):
                 who.ready.set()
 
         return sink
@@ -298,16 +321,16 @@ async def run_in_lab(
 
 def _result(
     lab: topology.Lab,
-    collected: list[dict[str, Any]],
+    collected: list[Record],
     client: _Proc | None,
     server: _Proc | None,
     proxy: _Proc | None,
     stray: list[str],
 ) -> RunResult:
-    collected.sort(key=lambda e: float(e["ts"]))
     return RunResult(
         lab_id=lab.lab_id,
-        events=collected,
+        lab=lab,
+        records=collected,
         client_status=client.proc.returncode if client else None,
         server_status=server.proc.returncode if server else None,
         proxy_status=proxy.proc.returncode if proxy else None,
@@ -316,24 +339,19 @@ def _result(
 
 
 def scenario_options(sc: Any, *, pace: float | None = None) -> RunOptions:
-    """The run a scenario describes (``sc``: :class:`tcplab.scenario.Scenario`)."""
+    """The run a scenario describes (``sc``: :class:`tcplab.scenario.Scenario`);
+    ``pace``, when given, replaces the scenario's."""
     server, client = sc.server, sc.client
     port = int(server.get("port", SERVER_PORT))
     client_port = int(client.get("port", port))
     ipv6 = bool(client.get("ipv6", False))
     client_extra: list[str] = []
-    if client_port != port:
-        host = topology.Addressing().server6 if ipv6 else topology.Addressing().server4
-        client_extra += ["--connect", events.endpoint(host, client_port)]
     if "connect_timeout" in client:
         client_extra += ["--connect-timeout", format_duration(client["connect_timeout"])]
     server_extra: list[str] = []
     if "idle_timeout" in server:
         server_extra += ["--idle-timeout", format_duration(server["idle_timeout"])]
-    proxy_args = sc.proxy_args()
-    if pace is not None:
-        proxy_args = [a for a in proxy_args if a != "--pace"]
-        proxy_args += ["--pace", format_duration(pace)]
+    proxy_args = sc.proxy_args(pace=pace)
     return RunOptions(
         server_close=str(server.get("close", "immediate")),
         client_close=str(client.get("close", "active")),
@@ -342,6 +360,7 @@ def scenario_options(sc: Any, *, pace: float | None = None) -> RunOptions:
         concurrency=int(client.get("concurrency", 1)),
         ipv6=ipv6,
         port=port,
+        client_port=client_port if client_port != port else None,
         observe_for=sc.observe_for,
         farewell=server.get("farewell"),
         sysctls=sc.sysctls,
@@ -354,7 +373,7 @@ def scenario_options(sc: Any, *, pace: float | None = None) -> RunOptions:
 
 def run(
     opts: RunOptions,
-    on_event: Callable[[dict[str, Any]], None] | None = None,
+    on_event: Callable[[Placed], None] | None = None,
     spec: topology.LabSpec | None = None,
 ) -> RunResult:
     """Build a lab, run one conversation in it, tear it down (sync entry point)."""

@@ -53,6 +53,7 @@ A scenario is a TOML file::
     [[expect.segments]]
     from = "client"
     tags = ["syn", "retransmit"]   # all of these
+    without = ["retransmit"]       # none of these
     verdict = "pass"
     after = ["900ms", "1500ms"]    # since the previous expected segment
     [[expect.segments]]
@@ -77,8 +78,9 @@ from pathlib import Path
 from typing import Any
 
 from proxy import rules as rulesmod
-from tcplab import events
-from tcplab.units import parse_duration
+from tcplab import connview, events
+from tcplab.events import App, ObserverStop, Record, Segment
+from tcplab.units import format_duration, parse_duration
 
 SIDES_SYSCTL = ("cli", "mbx", "srv")
 SERVER_POLICY = re.compile(r"^(immediate|never|abort|linger:\S+|first(:\d+)?|half(:\d+)?)$")
@@ -155,6 +157,7 @@ SEGMENT_EXPECT: dict[str, Field] = {
     "from": ("str", "client | server", ""),
     "tag": ("str", "one role the segment has", ""),
     "tags": ("str-list", "roles the segment has, all of them", ""),
+    "without": ("str-list", "roles the segment must not have (e.g. retransmit)", ""),
     "flags": ("str", "exact flags, e.g. FA", ""),
     "verdict": ("str", " | ".join(VERDICTS), ""),
     "after": ("duration-pair", "[min, max] since the previous expected segment", ""),
@@ -187,10 +190,13 @@ class SegmentExpect:
     after: tuple[float, float] | None
     count: int | None
     line: int
+    without: tuple[str, ...] = ()
 
     def describe(self) -> str:
         who = f"{self.side} " if self.side else ""
         what = "+".join(self.tags) or (self.flags or "segment")
+        if self.without:
+            what += "".join(f" (not {tag})" for tag in self.without)
         verdict = f" {self.verdict}" if self.verdict else ""
         return f"{who}{what}{verdict}"
 
@@ -214,13 +220,15 @@ class Scenario:
     expect_server: SideExpect
     expect_segments: tuple[SegmentExpect, ...]
 
-    def proxy_args(self) -> list[str]:
-        """The rules and pace as ``python -m proxy`` options."""
+    def proxy_args(self, *, pace: float | None = None) -> list[str]:
+        """The rules and pace as ``python -m proxy`` options; ``pace``, when
+        given, replaces the scenario's."""
         out: list[str] = []
         for rule in self.rules:
             out += [f"--{rule.action}", rulesmod.format_rule(rule)]
-        if self.pace:
-            out += ["--pace", f"{self.pace * 1000:g}ms"]
+        pace = self.pace if pace is None else pace
+        if pace:
+            out += ["--pace", format_duration(pace)]
         if self.log_segments != "all":
             out += ["--log-segments", self.log_segments]
         return out
@@ -446,12 +454,15 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
         if who not in (None, "client", "server"):
             raise check.fail("expect.segments", "from", "expected client or server", i)
         tags = tuple(raw.get("tags", ())) + ((raw["tag"],) if "tag" in raw else ())
-        for tag in tags:
-            if tag not in rulesmod.KNOWN_TAGS:
-                raise check.fail(
-                    "expect.segments", "tags" if "tags" in raw else "tag",
-                    f"unknown tag {tag!r} ({', '.join(rulesmod.KNOWN_TAGS)})", i,
-                )  # fmt: skip
+        without = tuple(raw.get("without", ()))
+        for field_name, listed in (("tags" if "tags" in raw else "tag", tags),
+                                   ("without", without)):  # fmt: skip
+            for tag in listed:
+                if tag not in rulesmod.KNOWN_TAGS:
+                    raise check.fail(
+                        "expect.segments", field_name,
+                        f"unknown tag {tag!r} ({', '.join(rulesmod.KNOWN_TAGS)})", i,
+                    )  # fmt: skip
         verdict = raw.get("verdict")
         if verdict is not None and verdict not in VERDICTS:
             raise check.fail(
@@ -466,6 +477,7 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
                 raw.get("after"),
                 raw.get("count"),
                 locate(text, "expect.segments", None, i),
+                without,
             )
         )
     return Scenario(
@@ -610,41 +622,14 @@ def _fmt_t(ts: float, t0: float) -> str:
     return f"t={(ts - t0) * 1000:+.1f} ms"
 
 
-def connections(
-    stream: Sequence[Mapping[str, Any]], component: str
-) -> list[list[Mapping[str, Any]]]:
-    """``component``'s tcp_state events per connection, in order of first appearance."""
-    by_conn: dict[str, list[Mapping[str, Any]]] = {}
-    for event in stream:
-        if event.get("component") == component and event.get("event") == events.TCP_STATE:
-            conn = str(event.get("conn", ""))
-            if "-" in conn:
-                by_conn.setdefault(conn, []).append(event)
-    return list(by_conn.values())
-
-
-def walked(changes: list[Mapping[str, Any]]) -> list[str]:
-    out: list[str] = []
-    for change in changes:
-        if not out:
-            out.append(str(change["old"]))
-        out.append(str(change["new"]))
-    return out
-
-
-def check(
-    sc: Scenario, stream: Sequence[Mapping[str, Any]], statuses: Mapping[str, int | None]
-) -> list[str]:
-    """Every expectation that did not hold, in words (empty: the run passed)."""
-    ordered = sorted(stream, key=lambda e: float(e.get("ts", 0.0)))
-    segs = [e for e in ordered if e.get("event") == events.SEGMENT]
-    t0 = next(
-        (float(e["ts"]) for e in segs if "syn" in e.get("tags", [])),
-        float(ordered[0]["ts"]) if ordered else 0.0,
-    )
+def check(sc: Scenario, records: Sequence[Record], statuses: Mapping[str, int | None]) -> list[str]:
+    """Every expectation that did not hold, in words (empty: the run passed).
+    ``records`` in the order they arrived (each component's own in order)."""
+    segs = sorted((r for r in records if isinstance(r, Segment)), key=lambda r: r.ts)
+    t0 = connview.time_zero(records)
     failures: list[str] = []
     for side, want in (("client", sc.expect_client), ("server", sc.expect_server)):
-        failures += _check_side(side, want, ordered, statuses.get(side), t0)
+        failures += _check_side(side, want, records, statuses.get(side), t0)
     failures += _check_segments(sc.expect_segments, segs, t0)
     return failures
 
@@ -652,27 +637,29 @@ def check(
 def _check_side(
     side: str,
     want: SideExpect,
-    ordered: list[Mapping[str, Any]],
+    records: Sequence[Record],
     status: int | None,
     t0: float,
 ) -> list[str]:
     out: list[str] = []
     if want.exit is not None and status != want.exit:
         out.append(f"{side}: expected exit status {want.exit}, saw {status}")
-    conns = connections(ordered, side)
+    # the run, for this side, ends with its observer's last report; what the
+    # kernel does with sockets the program kept, as it exits, comes after
+    conns = connview.paths(connview.until_stop(records, side), side)
     if want.states is not None or want.min_in or want.max_in:
         if len(conns) < want.connection:
             out.append(f"{side}: expected connection {want.connection}, saw {len(conns)}")
             return out
-        changes = conns[want.connection - 1]
-        path = walked(changes)
+        path = conns[want.connection - 1]
+        walked = path.states
         if want.states is not None:
-            expected = [s for s in want.states if s not in want.may_skip or s in path]
-            if path != expected:
+            expected = [s for s in want.states if s not in want.may_skip or s in walked]
+            if walked != expected:
                 out.append(
-                    f"{side}: expected states {' → '.join(expected)}, saw {' → '.join(path)}"
+                    f"{side}: expected states {' → '.join(expected)}, saw {' → '.join(walked)}"
                 )
-            inferred = {str(c["new"]) for c in changes if c.get("source") == "inferred"}
+            inferred = {r.new for r in path.records if r.source == "inferred"}
             extra = sorted(inferred - want.may_infer)
             if extra:
                 out.append(
@@ -680,40 +667,36 @@ def _check_side(
                     f"allowed inferred: {', '.join(sorted(want.may_infer)) or 'none'}"
                 )
         for state, least in want.min_in.items():
-            left = [c for c in changes if c["old"] == state and c.get("in_old_ms") is not None]
-            if not left:
+            left = path.left(state)
+            if left is None or left.in_old_ms is None:
                 out.append(
                     f"{side}: expected to see it leave {state} (at least {least * 1000:g} ms)"
                 )
-            elif left[0]["in_old_ms"] < least * 1000:
+            elif left.in_old_ms < least * 1000:
                 out.append(
                     f"{side}: expected at least {least * 1000:g} ms in {state}, saw "
-                    f"{left[0]['in_old_ms']:.1f} ms ({_fmt_t(float(left[0]['ts']), t0)})"
+                    f"{left.in_old_ms:.1f} ms ({_fmt_t(left.ts, t0)})"
                 )
         for state, most in want.max_in.items():
-            left = [c for c in changes if c["old"] == state and c.get("in_old_ms") is not None]
-            if left and left[0]["in_old_ms"] > most * 1000:
+            left = path.left(state)
+            if left is not None and left.in_old_ms is not None and left.in_old_ms > most * 1000:
                 out.append(
                     f"{side}: expected at most {most * 1000:g} ms in {state}, saw "
-                    f"{left[0]['in_old_ms']:.1f} ms ({_fmt_t(float(left[0]['ts']), t0)})"
+                    f"{left.in_old_ms:.1f} ms ({_fmt_t(left.ts, t0)})"
                 )
     if want.errors:
         seen = {
-            str(e.get("how"))
-            for e in ordered
-            if e.get("component") == side and e.get("event") == events.APP_ERROR
+            str(r.how)
+            for r in records
+            if isinstance(r, App) and r.component == side and r.kind == events.APP_ERROR
         }
         missing = [name for name in want.errors if name not in seen]
         if missing:
             saw = ", ".join(sorted(seen)) or "none"
             out.append(f"{side}: expected errors {', '.join(missing)}, saw {saw}")
     if want.final is not None:
-        stops = [
-            e
-            for e in ordered
-            if e.get("component") == side and e.get("event") == events.OBSERVER_STOP
-        ]
-        remaining = (stops[-1].get("remaining") or []) if stops else []
+        stops = [r for r in records if isinstance(r, ObserverStop) and r.component == side]
+        remaining = stops[-1].remaining if stops else ()
         states = sorted(str(sock.get("state")) for sock in remaining)
         if states != sorted(want.final):
             wanted = ", ".join(sorted(want.final)) or "no sockets"
@@ -722,23 +705,22 @@ def _check_side(
     return out
 
 
-def _matches(want: SegmentExpect, event: Mapping[str, Any]) -> bool:
-    if want.side is not None and event.get("dir") != ("c2s" if want.side == "client" else "s2c"):
+def _matches(want: SegmentExpect, seg: Segment) -> bool:
+    if want.side is not None and seg.dir != ("c2s" if want.side == "client" else "s2c"):
         return False
-    tags = event.get("tags", [])
-    if any(tag not in tags for tag in want.tags):
+    if any(tag not in seg.tags for tag in want.tags):
         return False
-    if want.flags is not None and event.get("flags") != want.flags:
+    if any(tag in seg.tags for tag in want.without):
         return False
-    return want.verdict is None or event.get("verdict") == want.verdict
+    if want.flags is not None and seg.flags != want.flags:
+        return False
+    return want.verdict is None or seg.verdict == want.verdict
 
 
-def _check_segments(
-    wants: tuple[SegmentExpect, ...], segs: list[Mapping[str, Any]], t0: float
-) -> list[str]:
+def _check_segments(wants: tuple[SegmentExpect, ...], segs: list[Segment], t0: float) -> list[str]:
     out: list[str] = []
     position = 0
-    previous: Mapping[str, Any] | None = None
+    previous: Segment | None = None
     for want in wants:
         if want.count is not None:
             # a count is about the whole run, not a step in the sequence
@@ -748,18 +730,18 @@ def _check_segments(
             continue
         hit = next((i for i in range(position, len(segs)) if _matches(want, segs[i])), None)
         if hit is None:
-            after = f" after {_fmt_t(float(previous['ts']), t0)}" if previous else ""
+            after = f" after {_fmt_t(previous.ts, t0)}" if previous else ""
             out.append(f"segments: expected {want.describe()}{after}, not seen")
             continue
-        event = segs[hit]
+        seg = segs[hit]
         if want.after is not None and previous is not None:
-            gap = float(event["ts"]) - float(previous["ts"])
+            gap = seg.ts - previous.ts
             low, high = want.after
             if not low <= gap <= high:
                 out.append(
                     f"segments: expected {want.describe()} {low * 1000:g}–{high * 1000:g} ms after "
-                    f"the previous one, saw {gap * 1000:.1f} ms ({_fmt_t(float(event['ts']), t0)})"
+                    f"the previous one, saw {gap * 1000:.1f} ms ({_fmt_t(seg.ts, t0)})"
                 )
-        previous = event
+        previous = seg
         position = hit + 1
     return out

@@ -216,6 +216,23 @@ def _rmdir_instance(path: Path) -> bool:
         time.sleep(0.02)
 
 
+def wall_offset_ns(samples: int = 20) -> int:
+    """CLOCK_REALTIME − CLOCK_MONOTONIC, in ns: add it to a ``mono`` trace
+    timestamp to get the wall clock every record uses.  Each sample reads
+    the wall clock between two monotonic reads; the one with the closest
+    pair wins (a single pair can be off by microseconds: the first read after
+    a sleep is slow)."""
+    best: tuple[int, int] | None = None
+    for _ in range(samples):
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, wall - (before + after) // 2)
+    assert best is not None
+    return best[1]
+
+
 def instance_names(prefix: str) -> list[str]:
     """The instances whose name starts with ``prefix`` (none without tracefs)."""
     if not prefix or not NAME_RE.match(prefix):

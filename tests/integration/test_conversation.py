@@ -1,9 +1,12 @@
 """Real conversations between real kernels: the state sequences each side's
 observer reports for each close-policy pairing.
 
-Each test says which states it allows to be ``inferred`` (too quick for the
-5 ms poller on a link with no delay); every other state must have been seen
-by a poll.
+Each pairing runs with the kernel's tracepoints (where tracefs can be used)
+and with polling alone (as in containers).  With the tracepoints every state
+must be reported, from the trace, at its own time; polling alone may infer a
+state too quick for the 5 ms poller, or miss one no poll could catch (each
+test says which).  Every run must obey the causal rules
+(:mod:`tcplab.causality`).
 """
 
 from __future__ import annotations
@@ -14,36 +17,43 @@ from pathlib import Path
 import pytest
 import trio
 
-from tcplab import events, runner, topology
+from tcplab import causality, connview, events, runner, topology, tracefs
+from tcplab.events import App, ConversationDone, ObserverStart, ObserverStop, TcpState
 
 DEADLINE = 60
-
-
-def path_of(states: list[tuple[str, str, str]]) -> list[str]:
-    """The states one connection went through, in order, from its transitions."""
-    out = []
-    for old, new, _source in states:
-        if not out:
-            out.append(old)
-        out.append(new)
-    return out
+TRACING = tracefs.unavailable_reason() is None
+SOURCES = [
+    pytest.param(True, id="trace", marks=pytest.mark.skipif(not TRACING, reason="no tracefs")),
+    pytest.param(False, id="poll"),
+]
 
 
 def check(
-    states: list[tuple[str, str, str]],
+    result: runner.RunResult,
+    side: str,
     expected: list[str],
     may_infer: Iterable[str] = (),
     may_skip: Iterable[str] = (),
 ) -> None:
-    """``states`` walks exactly ``expected`` (minus ``may_skip``), and only
-    ``may_infer`` states were inferred rather than seen."""
-    allowed = set(may_infer)
-    walked = path_of(states)
-    skippable = set(may_skip)
+    """The first connection of ``side`` walks exactly ``expected``.  Polling
+    alone may skip ``may_skip`` and infer ``may_infer``; with the tracepoint
+    nothing is skipped or inferred."""
+    traced = "trace" in _sources(result, side)
+    paths = connview.paths(connview.until_stop(result.records, side), side)
+    assert paths, f"{side}: no connection reported"
+    path = paths[0]
+    walked = path.states
+    skippable = set() if traced else set(may_skip)
     want = [s for s in expected if s not in skippable or s in walked]
-    assert walked == want, f"expected {want}, saw {walked}"
-    inferred = {new for _old, new, source in states if source == "inferred"}
+    assert walked == want, f"{side}: expected {want}, saw {walked}"
+    inferred = {r.new for r in path.records if r.source == "inferred"}
+    allowed = set() if traced else set(may_infer)
     assert inferred <= allowed, f"inferred {sorted(inferred - allowed)}; allowed {sorted(allowed)}"
+
+
+def _sources(result: runner.RunResult, side: str) -> tuple[str, ...]:
+    (start,) = result.of(side, ObserverStart)
+    return start.sources
 
 
 async def converse(
@@ -51,60 +61,84 @@ async def converse(
 ) -> runner.RunResult:
     with trio.fail_after(DEADLINE), topology.lab(spec) as lab:
         result = await runner.run_in_lab(lab, opts)
-    assert not [s for s in result.stray if "Traceback" in s], "\n".join(result.stray)
+    assert not result.stray, "\n".join(result.stray)
+    for side in ("client", "server"):
+        if result.of(side, ObserverStart):
+            # the tracepoint source is on exactly when asked for and possible
+            assert ("trace" in _sources(result, side)) == (opts.trace and TRACING)
+    violations = causality.check(result.records)
+    assert not violations, [v.describe() for v in violations]
     return result
 
 
 def remaining(result: runner.RunResult, component: str) -> list[str]:
-    (stop,) = result.of(component, events.OBSERVER_STOP)
-    return [sock["state"] for sock in stop["remaining"]]
+    (stop,) = result.of(component, ObserverStop)
+    return [sock["state"] for sock in stop.remaining]
 
 
-async def test_client_active_close_textbook_teardown() -> None:
+@pytest.mark.parametrize("trace", SOURCES)
+async def test_client_active_close_textbook_teardown(trace: bool) -> None:
     """Client closes first, the server lingers 300 ms in CLOSE_WAIT: every
     teardown state is held long enough to be polled, except LAST_ACK (one
     RTT on a veth) which may be inferred from the server's own close."""
     result = await converse(
-        runner.RunOptions(server_close="linger:300ms", client_close="active", observe_for=1.0)
+        runner.RunOptions(
+            server_close="linger:300ms", client_close="active", observe_for=1.0, trace=trace
+        )
     )
     assert result.client_status == 0 and result.server_status == 0
     check(
-        result.states("client"),
+        result,
+        "client",
         ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
         may_infer={"SYN_SENT", "FIN_WAIT1"},
     )
     check(
-        result.states("server"),
+        result,
+        "server",
         ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"],
         may_infer={"SYN_RECV", "LAST_ACK"},
     )
     # the client leaves with its TIME_WAIT still running: 60 s, minus what passed
-    (stop,) = result.of("client", events.OBSERVER_STOP)
-    (tw,) = stop["remaining"]
+    (stop,) = result.of("client", ObserverStop)
+    (tw,) = stop.remaining
     assert tw["state"] == "TIME_WAIT"
     assert 55_000 < tw["expires_ms"] <= 60_000
-    (listen,) = [e for e in result.of("server", events.TCP_STATE) if e["new"] == "LISTEN"]
-    assert listen["source"] == "poll"
+    (listen,) = connview.listener_states(result.records, "server")[:1]
+    assert listen.new == "LISTEN"
+    assert listen.source == ("trace" if trace and TRACING else "poll")
 
 
-async def test_server_closes_at_once() -> None:
+@pytest.mark.parametrize("trace", SOURCES)
+async def test_server_closes_at_once(trace: bool) -> None:
     """With the server closing as soon as it reads EOF, Linux puts the server's
     FIN on the ACK of the client's FIN: the client passes FIN_WAIT2 within one
-    softirq, and the poller cannot say whether it was FIN_WAIT2 or CLOSING —
-    so the jump FIN_WAIT1 → TIME_WAIT is reported as seen, not invented."""
-    result = await converse(runner.RunOptions(server_close="immediate", observe_for=0.5))
+    softirq.  The tracepoint sees it; the poller cannot say whether it was
+    FIN_WAIT2 or CLOSING — so the jump FIN_WAIT1 → TIME_WAIT is reported as
+    seen, not invented."""
+    result = await converse(
+        runner.RunOptions(server_close="immediate", observe_for=0.5, trace=trace)
+    )
     check(
-        result.states("client"),
+        result,
+        "client",
         ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
         may_infer={"SYN_SENT", "FIN_WAIT1"},
         may_skip={"FIN_WAIT2"},
     )
     check(
-        result.states("server"),
+        result,
+        "server",
         ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"],
         may_infer={"SYN_RECV", "CLOSE_WAIT", "LAST_ACK"},
     )
     assert remaining(result, "client") == ["TIME_WAIT"]
+    if trace and TRACING:
+        # the kernel's FIN_WAIT2 → CLOSE is the hand-over to the timewait minisock
+        handed = [r for r in result.of("client", TcpState) if r.handed_to]
+        assert [(r.old, r.new, r.handed_state) for r in handed] == [
+            ("FIN_WAIT2", "CLOSED", "TIME_WAIT")
+        ]
 
 
 async def test_server_never_closes_close_wait_leak() -> None:
@@ -112,17 +146,24 @@ async def test_server_never_closes_close_wait_leak() -> None:
         runner.RunOptions(server_close="never", client_close="active", observe_for=1.0)
     )
     check(
-        result.states("server"),
+        result,
+        "server",
         ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT"],
         may_infer={"SYN_RECV"},
     )
     check(
-        result.states("client"),
+        result,
+        "client",
         ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2"],
         may_infer={"SYN_SENT", "FIN_WAIT1"},
     )
     assert remaining(result, "server") == ["CLOSE_WAIT"]
     assert remaining(result, "client") == ["FIN_WAIT2"]
+    # when the server exits, the kernel closes what it kept: its FIN at last
+    (closed,) = [c for c in result.app("server", events.APP_CLOSE) if c.how == "exit"]
+    after = connview.paths(result.records, "server")[0].states
+    assert after[-3:] == ["CLOSE_WAIT", "LAST_ACK", "CLOSED"], after
+    assert closed.conn == connview.paths(result.records, "server")[0].conn
 
 
 @pytest.mark.parametrize("who", ["server", "client"])
@@ -134,27 +175,25 @@ async def test_abort_resets_and_leaves_no_time_wait(who: str) -> None:
     )
     result = await converse(opts)
     for side in ("client", "server"):
-        walked = path_of(result.states(side))
+        walked = connview.paths(result.records, side)[0].states
         assert "TIME_WAIT" not in walked, (side, walked)
         assert walked[-1] == "CLOSED", (side, walked)
         assert remaining(result, side) == []
     if who == "client":
         # the client never sent a FIN: the server goes from ESTABLISHED to CLOSED
-        check(
-            result.states("server"),
-            ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSED"],
-            may_infer={"SYN_RECV"},
-        )
+        check(result, "server", ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSED"], {"SYN_RECV"})
     else:
-        # the client's FIN was answered by a RST: FIN_WAIT2 ends at once, no TIME_WAIT
+        # the server aborts before its delayed ACK of the client's FIN goes out:
+        # the RST meets the client in FIN_WAIT1 (a poll might put a FIN_WAIT2
+        # there only if the ACK had come first)
         check(
-            result.states("client"),
-            ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSED"],
+            result,
+            "client",
+            ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "CLOSED"],
             may_infer={"SYN_SENT", "FIN_WAIT1"},
-            may_skip={"FIN_WAIT2"},
         )
-        closes = result.of("server", events.APP_CLOSE)
-        assert [c["how"] for c in closes if "conn" in c] == ["abort"]
+        closes = result.app("server", events.APP_CLOSE)
+        assert [c.how for c in closes if c.conn] == ["abort"]
 
 
 async def test_server_first_gets_time_wait() -> None:
@@ -165,13 +204,15 @@ async def test_server_first_gets_time_wait() -> None:
     )
     assert result.client_status == 0
     check(
-        result.states("server"),
+        result,
+        "server",
         ["CLOSED", "SYN_RECV", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
         may_infer={"SYN_RECV", "FIN_WAIT1"},
         may_skip={"FIN_WAIT2"},
     )
     check(
-        result.states("client"),
+        result,
+        "client",
         ["CLOSED", "SYN_SENT", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"],
         may_infer={"SYN_SENT", "CLOSE_WAIT", "LAST_ACK"},
     )
@@ -187,10 +228,11 @@ async def test_half_close_server_still_talks_from_close_wait() -> None:
     )
     assert result.client_status == 0
     # the client read the farewell after its own FIN: data from CLOSE_WAIT
-    got = [e for e in result.of("client", events.APP_RECV) if e.get("bytes")]
-    assert sum(e["bytes"] for e in got) == len(b"hello\n") + len(b"bye\n")
+    got = [r for r in result.app("client", events.APP_RECV) if r.bytes]
+    assert sum(r.bytes or 0 for r in got) == len(b"hello\n") + len(b"bye\n")
     check(
-        result.states("server"),
+        result,
+        "server",
         ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"],
         may_infer={"SYN_RECV", "LAST_ACK"},
     )
@@ -199,17 +241,24 @@ async def test_half_close_server_still_talks_from_close_wait() -> None:
 async def test_ipv6_conversation() -> None:
     result = await converse(runner.RunOptions(ipv6=True, observe_for=0.5))
     assert result.client_status == 0
-    conns = {e["conn"] for e in result.of("client", events.TCP_STATE)}
-    assert conns and all(c.startswith("[2001:db8:1::1]:") for c in conns)
+    assert result.lab is not None
+    prefix = f"[{result.lab.addr.client6}]:"
+    conns = {r.conn for r in result.of("client", TcpState)}
+    assert conns and all(c.startswith(prefix) for c in conns)
+    check(
+        result,
+        "client",
+        ["CLOSED", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "TIME_WAIT"],
+        may_infer={"SYN_SENT", "FIN_WAIT1"},
+        may_skip={"FIN_WAIT2"},
+    )
 
 
 async def test_refused_connection_names_the_errno() -> None:
-    result = await converse(
-        runner.RunOptions(port=7007, client_extra=("--connect", "198.51.100.1:7999"))
-    )
+    result = await converse(runner.RunOptions(port=7007, client_port=7999))
     assert result.client_status == 1
-    (error,) = result.of("client", events.APP_ERROR)
-    assert error["how"] == "ECONNREFUSED"
+    (error,) = result.app("client", events.APP_ERROR)
+    assert error.how == "ECONNREFUSED"
 
 
 async def test_many_connections_in_parallel() -> None:
@@ -217,9 +266,15 @@ async def test_many_connections_in_parallel() -> None:
         runner.RunOptions(count=20, concurrency=5, server_close="immediate", observe_for=0.5)
     )
     assert result.client_status == 0
-    done = result.of("client", events.CONVERSATION_DONE)
-    assert len(done) == 20 and all(d["ok"] for d in done)
+    done = result.of("client", ConversationDone)
+    assert len(done) == 20 and all(d.ok for d in done)
     assert sorted(remaining(result, "client")) == ["TIME_WAIT"] * 20
+    # with the tracepoint, twenty connects at five at a time: each SYN_SENT
+    # (traced before its socket had a port) tied to the right connection
+    paths = connview.paths(result.records, "client")
+    assert len(paths) == 20
+    for path in paths:
+        assert path.states[:3] == ["CLOSED", "SYN_SENT", "ESTABLISHED"], path.conn
 
 
 async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> None:
@@ -232,10 +287,11 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
     from tcplab import netns
 
     with trio.fail_after(DEADLINE), topology.lab() as lab:
+        server_addr = lab.addr.server4
         server_argv = runner.daemon_argv(
             "daemons.server",
             lab.ns("srv"),
-            ["--listen", "198.51.100.1:7007", "--max-message", "64", "--idle-timeout", "300ms"],
+            ["--listen", f"{server_addr}:7007", "--max-message", "64", "--idle-timeout", "300ms"],
         )
         # A file, not a pipe: nobody reads while the server runs, and its
         # observer logs enough to fill a pipe and block it.
@@ -248,16 +304,16 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
             garbage, resetter, silent = socks
             while True:
                 try:
-                    await garbage.connect(("198.51.100.1", 7007))
+                    await garbage.connect((server_addr, 7007))
                     break
                 except OSError:
                     await trio.sleep(0.05)
             await garbage.send(b"\xff" * 200)
-            await resetter.connect(("198.51.100.1", 7007))
+            await resetter.connect((server_addr, 7007))
             await resetter.send(b"half a line")
             resetter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             resetter.close()
-            await silent.connect(("198.51.100.1", 7007))
+            await silent.connect((server_addr, 7007))
             # the server drops the silent one after its idle timeout: we see EOF
             assert await silent.recv(10) == b""
             garbage.close()
@@ -266,7 +322,7 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
                 runner.daemon_argv(
                     "daemons.client",
                     lab.ns("cli"),
-                    ["--connect", "198.51.100.1:7007", "--observe-for", "200ms"],
+                    ["--connect", f"{server_addr}:7007", "--observe-for", "200ms"],
                 ),
                 capture_stdout=True,
                 check=False,
@@ -277,8 +333,9 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
             await server.wait()
             log_file.close()
     raw = log_path.read_bytes()
-    lines = [events.parse_line(line) for line in raw.splitlines()]
-    errors = {e["how"] for e in lines if e and e["event"] == events.APP_ERROR}
+    records = [events.parse_record(line) for line in raw.splitlines()]
+    apps = [r for r in records if isinstance(r, App)]
+    errors = {r.how for r in apps if r.kind == events.APP_ERROR}
     assert {"EMSGSIZE", "idle"} <= errors, errors
-    accepts = [e for e in lines if e and e["event"] == events.APP_ACCEPT]
+    accepts = [r for r in apps if r.kind == events.APP_ACCEPT]
     assert len(accepts) == 4

@@ -3,11 +3,13 @@ with its file, line and field."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from tcplab import scenario
+from tcplab.events import Segment, TcpState
 
 GOOD = """
 name = "demo"
@@ -115,14 +117,13 @@ def test_schema_is_generated_from_the_same_description() -> None:
     assert schema["required"] == list(scenario.REQUIRED_TOP)
 
 
-def seg(ts: float, dir: str, tags: list[str], verdict: str = "pass", flags: str = "A") -> dict:  # type: ignore[type-arg]
-    return {"ts": ts, "component": "proxy", "event": "segment", "dir": dir, "tags": tags,
-            "verdict": verdict, "flags": flags}  # fmt: skip
+def seg(ts: float, dir: str, tags: list[str], verdict: str = "pass", flags: str = "A") -> Segment:
+    return Segment(ts=ts, component="proxy", conn="a:1-b:2", dir=dir, flags=flags, seq=0,  # type: ignore[arg-type]
+                   ack=0, rseq=0, rack=0, len=0, tags=tuple(tags), verdict=verdict)  # type: ignore[arg-type]  # fmt: skip
 
 
-def state(ts: float, side: str, old: str, new: str, **kw: object) -> dict:  # type: ignore[type-arg]
-    return {"ts": ts, "component": side, "event": "tcp_state", "conn": "a:1-b:2", "old": old,
-            "new": new, "source": "poll", **kw}  # fmt: skip
+def state(ts: float, side: str, old: str, new: str, **kw: object) -> TcpState:
+    return TcpState(ts=ts, component=side, conn="a:1-b:2", old=old, new=new, **kw)  # type: ignore[arg-type]
 
 
 def test_check_reports_each_unmet_expectation_in_words() -> None:
@@ -137,6 +138,31 @@ def test_check_reports_each_unmet_expectation_in_words() -> None:
     too_quick = [*stream[:3], state(11.002, "client", "SYN_SENT", "ESTABLISHED", in_old_ms=12.0)]
     (failure,) = scenario.check(sc, too_quick, {"client": 0})
     assert "expected at least 900 ms in SYN_SENT, saw 12.0 ms" in failure
-    no_drop = [dict(stream[0], verdict="pass"), *stream[1:]]
+    no_drop = [dataclasses.replace(stream[0], verdict="pass"), *stream[1:]]  # type: ignore[type-var]
     (failure,) = scenario.check(sc, no_drop, {"client": 0})
     assert failure == "segments: expected client syn drop, not seen"
+
+
+def test_segments_without_a_tag() -> None:
+    text = (
+        GOOD
+        + """
+[[expect.segments]]
+tag = "syn"
+without = ["retransmit"]
+count = 1
+"""
+    )
+    sc = scenario.parse(text, "demo.toml")
+    stream = [
+        seg(10.0, "c2s", ["syn"], "drop", "S"),
+        seg(11.0, "c2s", ["syn", "retransmit"], "pass", "S"),
+    ]
+    assert scenario.check(sc, stream, {}) == ["client: expected connection 1, saw 0"]
+    again = [*stream, seg(12.0, "c2s", ["syn"], "pass", "S")]
+    assert "segments: expected 1 × syn (not retransmit), saw 2" in scenario.check(sc, again, {})
+    with pytest.raises(
+        scenario.ScenarioError,
+        match=r"demo.toml:\d+: expect.segments.without: unknown tag 'resend'",
+    ):
+        scenario.parse(text.replace('"retransmit"]', '"resend"]'), "demo.toml")

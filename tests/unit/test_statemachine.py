@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from daemons.statemachine import Snapshot, SocketTracker, candidate_paths, implied_states
+from daemons.statemachine import (
+    Snapshot,
+    SocketTracker,
+    TraceTransition,
+    candidate_paths,
+    implied_states,
+    merge_dump,
+)
+from tcplab.events import TcpState
 
 CLIENT = ("192.0.2.1", 40312, "198.51.100.1", 7007)
 SERVER = ("198.51.100.1", 7007, "192.0.2.1", 40312)
@@ -16,9 +24,7 @@ def steps(tracker: SocketTracker, key: tuple[str, int, str, int], states: list[s
     out = []
     for i, state in enumerate(states):
         snap = {} if state is None else {key: Snapshot(key, state)}
-        out += [
-            (c.record.old, c.record.new, c.record.source) for c in tracker.update(snap, float(i))
-        ]
+        out += [(c.old, c.new, c.source) for c in tracker.update(snap, float(i))]
     return out
 
 
@@ -59,14 +65,16 @@ def test_quick_passive_close_is_inferred_from_the_owners_facts() -> None:
     t.note(SERVER, "rcv_fin")
     t.note(SERVER, "snd_fin")
     changes = t.update({}, 10.0)
-    assert [(c.record.old, c.record.new, c.record.source) for c in changes] == [
+    assert [(c.old, c.new, c.source) for c in changes] == [
         ("ESTABLISHED", "CLOSE_WAIT", "inferred"),
         ("CLOSE_WAIT", "LAST_ACK", "inferred"),
         ("LAST_ACK", "CLOSED", "poll"),
     ]
-    # time in the old state is known only for the state we saw
-    assert changes[0].record.in_old_ms == 10000.0
-    assert changes[1].record.in_old_ms is None
+    # time in the old state is known only for the state we saw; every change
+    # happened by the time of this poll
+    assert changes[0].in_old_ms == 10000.0
+    assert changes[1].in_old_ms is None
+    assert {c.ts for c in changes} == {10.0}
 
 
 def test_without_facts_a_vanished_socket_is_reported_as_seen() -> None:
@@ -79,7 +87,7 @@ def test_reset_fact_prefers_the_rst_path() -> None:
     steps(t, SERVER, ["ESTABLISHED"])
     t.note(SERVER, "rcv_fin")
     t.note(SERVER, "reset")
-    changes = [(c.record.old, c.record.new, c.record.source) for c in t.update({}, 5.0)]
+    changes = [(c.old, c.new, c.source) for c in t.update({}, 5.0)]
     assert changes == [
         ("ESTABLISHED", "CLOSE_WAIT", "inferred"),
         ("CLOSE_WAIT", "CLOSED", "poll"),
@@ -92,7 +100,7 @@ def test_ambiguous_middle_is_not_invented() -> None:
     steps(t, CLIENT, ["ESTABLISHED"])
     t.note(CLIENT, "snd_fin")
     changes = [
-        (c.record.old, c.record.new, c.record.source)
+        (c.old, c.new, c.source)
         for c in t.update({CLIENT: Snapshot(CLIENT, "TIME_WAIT", "timewait", 59000)}, 3.0)
     ]
     assert changes == [
@@ -105,14 +113,14 @@ def test_time_wait_timer_is_carried() -> None:
     t = SocketTracker(vouched=True)
     steps(t, CLIENT, ["FIN_WAIT2"])
     (change,) = t.update({CLIENT: Snapshot(CLIENT, "TIME_WAIT", "timewait", 59876)}, 2.0)
-    assert change.record.timer == "timewait"
-    assert change.record.expires_ms == 59876
+    assert change.timer == "timewait"
+    assert change.expires_ms == 59876
 
 
 def test_listener_has_its_own_conn_and_no_inference() -> None:
     t = SocketTracker(passive_ports=[7007], vouched=True)
     (change,) = t.update({LISTENER: Snapshot(LISTENER, "LISTEN")}, 0.0)
-    assert (change.record.old, change.record.new, change.record.conn) == (
+    assert (change.old, change.new, change.conn) == (
         "CLOSED",
         "LISTEN",
         "0.0.0.0:7007",
@@ -133,9 +141,9 @@ def test_reused_tuple_starts_a_new_life() -> None:
 def test_connection_ids_are_client_first_on_both_sides() -> None:
     srv = SocketTracker(passive_ports=[7007])
     cli = SocketTracker()
-    (a,) = [c for c in srv.update({SERVER: Snapshot(SERVER, "SYN_RECV")}, 0) if True]
+    (a,) = srv.update({SERVER: Snapshot(SERVER, "SYN_RECV")}, 0)
     (b,) = cli.update({CLIENT: Snapshot(CLIENT, "SYN_SENT")}, 0)
-    assert a.record.conn == b.record.conn == "192.0.2.1:40312-198.51.100.1:7007"
+    assert a.conn == b.conn == "192.0.2.1:40312-198.51.100.1:7007"
 
 
 @pytest.mark.parametrize(
@@ -160,3 +168,201 @@ def test_implied_states_keeps_only_agreement() -> None:
 def test_unknown_fact_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown fact"):
         SocketTracker().note(CLIENT, "maybe")  # type: ignore[arg-type]
+
+
+def test_a_polled_change_happened_between_the_dump_before_and_this_one() -> None:
+    t = SocketTracker(vouched=True)
+    t.update({CLIENT: Snapshot(CLIENT, "ESTABLISHED")}, 1.0)
+    (change,) = t.update({CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}, 2.0, seen_after=1.0)
+    assert (change.ts, change.seen_after, change.earliest) == (2.0, 1.0, 1.0)
+
+
+def test_merge_dump_keeps_the_later_state_of_a_handover() -> None:
+    full = Snapshot(CLIENT, "FIN_WAIT2")
+    tw = Snapshot(CLIENT, "TIME_WAIT", "timewait", 60000)
+    assert merge_dump([full, tw]) == {CLIENT: tw}
+    assert merge_dump([tw, full]) == {CLIENT: tw}
+
+
+# --- with the tracepoint ---------------------------------------------------------
+
+PORTLESS = ("192.0.2.1", 0, "198.51.100.1", 7007)
+SK = 0xFFFF888106438940
+
+
+def tr(
+    key: tuple[str, int, str, int], old: str, new: str, ts: float, sk: int = SK
+) -> TraceTransition:
+    return TraceTransition(key, sk, old, new, ts)
+
+
+def said(records: list[TcpState]) -> list[tuple[str, str, str, str]]:
+    return [(r.conn, r.old, r.new, r.source) for r in records]
+
+
+def test_syn_sent_before_the_port_is_tied_to_the_socket_by_its_next_event() -> None:
+    t = SocketTracker(traced=True)
+    assert t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0)) == []
+    out = t.trace(tr(CLIENT, "SYN_SENT", "ESTABLISHED", 1.5))
+    conn = "192.0.2.1:40312-198.51.100.1:7007"
+    assert said(out) == [
+        (conn, "CLOSED", "SYN_SENT", "trace"),
+        (conn, "SYN_SENT", "ESTABLISHED", "trace"),
+    ]
+    assert [r.ts for r in out] == [1.0, 1.5]
+    assert out[1].in_old_ms == 500.0
+
+
+def test_the_owner_saying_connect_ties_syn_sent_at_once() -> None:
+    t = SocketTracker(traced=True)
+    assert t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0)) == []
+    (syn_sent,) = t.connecting(CLIENT)
+    assert (syn_sent.conn, syn_sent.new, syn_sent.ts) == (
+        "192.0.2.1:40312-198.51.100.1:7007",
+        "SYN_SENT",
+        1.0,
+    )
+    # and the other way round: the owner first, then the trace event
+    t2 = SocketTracker(traced=True)
+    other = ("192.0.2.1", 40400, "198.51.100.1", 7007)
+    assert t2.connecting(other) == []
+    (late,) = t2.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 2.0, sk=7))
+    assert late.conn == "192.0.2.1:40400-198.51.100.1:7007" and late.ts == 2.0
+
+
+def test_two_connects_in_a_row_are_tied_in_order() -> None:
+    t = SocketTracker(traced=True)
+    first = ("192.0.2.1", 40001, "198.51.100.1", 7007)
+    second = ("192.0.2.1", 40002, "198.51.100.1", 7007)
+    t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0, sk=1))
+    t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 2.0, sk=2))
+    (a,) = t.connecting(first)
+    (b,) = t.connecting(second)
+    assert (a.ts, b.ts) == (1.0, 2.0)
+
+
+def test_a_connect_that_fails_before_it_has_a_port_is_still_reported() -> None:
+    t = SocketTracker(traced=True)
+    assert t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0)) == []
+    out = t.trace(tr(PORTLESS, "SYN_SENT", "CLOSED", 1.1))
+    assert said(out) == [
+        ("192.0.2.1:0-198.51.100.1:7007", "CLOSED", "SYN_SENT", "trace"),
+        ("192.0.2.1:0-198.51.100.1:7007", "SYN_SENT", "CLOSED", "trace"),
+    ]
+
+
+def test_a_polled_syn_sent_waits_for_its_trace_event() -> None:
+    t = SocketTracker(traced=True)
+    t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0))
+    assert t.update({CLIENT: Snapshot(CLIENT, "SYN_SENT")}, 1.1, 1.0) == []
+    assert said(t.trace(tr(CLIENT, "SYN_SENT", "ESTABLISHED", 1.2)))[0][2] == "SYN_SENT"
+
+
+def test_the_trace_owns_full_sockets_and_a_poll_only_confirms() -> None:
+    t = SocketTracker(traced=True)
+    t.connecting(CLIENT)
+    t.trace(tr(PORTLESS, "CLOSED", "SYN_SENT", 1.0))
+    t.trace(tr(CLIENT, "SYN_SENT", "ESTABLISHED", 1.1))
+    assert t.update({CLIENT: Snapshot(CLIENT, "ESTABLISHED")}, 1.2, 1.0) == []
+    # a dump that lags behind the trace says nothing either
+    t.trace(tr(CLIENT, "ESTABLISHED", "FIN_WAIT1", 1.3))
+    assert t.update({CLIENT: Snapshot(CLIENT, "ESTABLISHED")}, 1.35, 1.2, started=1.25) == []
+    assert t.live == {CLIENT: "FIN_WAIT1"}
+
+
+def test_handover_to_a_timewait_minisock() -> None:
+    t = SocketTracker(traced=True)
+    t.connecting(CLIENT)
+    for old, new, ts in [
+        ("CLOSED", "SYN_SENT", 1.0),
+        ("SYN_SENT", "ESTABLISHED", 1.1),
+        ("ESTABLISHED", "FIN_WAIT1", 2.0),
+        ("FIN_WAIT1", "FIN_WAIT2", 2.1),
+    ]:
+        t.trace(tr(PORTLESS if new == "SYN_SENT" else CLIENT, old, new, ts))
+    tw = Snapshot(CLIENT, "TIME_WAIT", "timewait", 60000)
+    out = t.trace(tr(CLIENT, "FIN_WAIT2", "CLOSED", 3.0), successor=tw, looked_up=3.0001)
+    full, minisock = out
+    # the kernel's transition, as the tracepoint said it ...
+    assert (full.old, full.new, full.source, full.handed_to, full.handed_state) == (
+        "FIN_WAIT2", "CLOSED", "trace", "timewait", "TIME_WAIT"
+    )  # fmt: skip
+    assert full.shown_new == "TIME_WAIT" and full.in_old_ms == 900.0
+    # ... and the minisock's state, which only sock_diag sees
+    assert (minisock.old, minisock.new, minisock.source, minisock.sock) == (
+        "FIN_WAIT2", "TIME_WAIT", "poll", "timewait"
+    )  # fmt: skip
+    assert (minisock.seen_after, minisock.ts, minisock.expires_ms) == (3.0, 3.0001, 60000)
+    # the next dumps confirm; the end of TIME_WAIT is theirs to report
+    assert t.update({CLIENT: tw}, 3.1, 3.05) == []
+    (end,) = t.update({}, 63.1, 63.0)
+    assert (end.old, end.new, end.source, end.in_old_ms) == ("TIME_WAIT", "CLOSED", "poll", 60100.0)
+
+
+def test_an_orphans_fin_wait2_moves_into_a_minisock_without_a_change() -> None:
+    t = SocketTracker(traced=True)
+    t.trace(tr(CLIENT, "FIN_WAIT1", "FIN_WAIT2", 2.0))
+    fw2 = Snapshot(CLIENT, "FIN_WAIT2", "timewait", 59000)
+    (full,) = t.trace(tr(CLIENT, "FIN_WAIT2", "CLOSED", 2.0001), successor=fw2, looked_up=2.0002)
+    assert (full.handed_to, full.handed_state, full.shown_new) == (
+        "timewait", "FIN_WAIT2", "FIN_WAIT2"
+    )  # fmt: skip
+    assert t.live == {CLIENT: "FIN_WAIT2"}
+    # the peer's FIN arrives: the minisock goes to TIME_WAIT, which a dump sees
+    (change,) = t.update({CLIENT: Snapshot(CLIENT, "TIME_WAIT", "timewait", 60000)}, 5.0, 4.995)
+    assert (change.old, change.new, change.source, change.sock) == (
+        "FIN_WAIT2", "TIME_WAIT", "poll", "timewait"
+    )  # fmt: skip
+    assert change.in_old_ms == 3000.0  # since FIN_WAIT2 began, at 2.0
+
+
+def test_a_request_socket_then_its_child() -> None:
+    t = SocketTracker(passive_ports=[7007], traced=True)
+    (request,) = t.update({SERVER: Snapshot(SERVER, "SYN_RECV", "on")}, 1.005, 1.0)
+    assert (request.old, request.new, request.source, request.sock) == (
+        "CLOSED", "SYN_RECV", "poll", "request"
+    )  # fmt: skip
+    # the handshake's ACK: the listener makes a full socket, born in SYN_RECV
+    child, established = t.trace(tr(SERVER, "LISTEN", "SYN_RECV", 2.0)) + t.trace(
+        tr(SERVER, "SYN_RECV", "ESTABLISHED", 2.00001)
+    )
+    assert (child.old, child.new, child.source, child.sock) == (
+        "LISTEN", "SYN_RECV", "trace", "full"
+    )  # fmt: skip
+    # time in SYN_RECV runs from the request socket, not from the child
+    assert established.in_old_ms == pytest.approx(995.01)
+    # the request socket is gone from the next dump: nothing to say
+    assert t.update({SERVER: Snapshot(SERVER, "ESTABLISHED")}, 2.1, 2.05) == []
+
+
+def test_a_request_socket_that_never_completes() -> None:
+    t = SocketTracker(passive_ports=[7007], traced=True)
+    t.update({SERVER: Snapshot(SERVER, "SYN_RECV", "on")}, 1.0)
+    (gone,) = t.update({}, 4.0, 3.9)
+    assert (gone.old, gone.new, gone.source, gone.sock) == ("SYN_RECV", "CLOSED", "poll", "request")
+
+
+def test_a_dump_begun_before_the_trace_closed_a_socket_does_not_revive_it() -> None:
+    t = SocketTracker(traced=True)
+    t.trace(tr(CLIENT, "ESTABLISHED", "FIN_WAIT1", 1.0))
+    t.trace(tr(CLIENT, "FIN_WAIT1", "CLOSED", 1.5))  # a reset
+    stale = {CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}
+    assert t.update(stale, 1.6, 1.0, started=1.4) == []
+    assert t.live == {}
+    # a socket with that four-tuple in a dump begun later is a new one
+    (again,) = t.update({CLIENT: Snapshot(CLIENT, "SYN_SENT")}, 2.0, 1.6, started=1.9)
+    assert (again.old, again.new) == ("CLOSED", "SYN_SENT")
+
+
+def test_a_dump_begun_before_a_lookup_does_not_undo_it() -> None:
+    # polling alone: the owner's close() looked its socket up at 2.0 and saw
+    # TIME_WAIT; a dump begun at 1.9 still lists the socket in FIN_WAIT1
+    t = SocketTracker(vouched=True)
+    t.update({CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}, 1.5)
+    (seen,) = t.lookup(CLIENT, Snapshot(CLIENT, "TIME_WAIT", "timewait"), 2.0001, 1.5, started=2.0)
+    assert seen.new == "TIME_WAIT"
+    assert t.update({CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}, 2.1, 1.5, started=1.9) == []
+    assert t.live == {CLIENT: "TIME_WAIT"}
+    # a socket a lookup found gone is not revived by such a dump either
+    assert [r.new for r in t.lookup(CLIENT, None, 3.0001, 2.1, started=3.0)] == ["CLOSED"]
+    assert t.update({CLIENT: Snapshot(CLIENT, "TIME_WAIT")}, 3.1, 2.1, started=2.9) == []
