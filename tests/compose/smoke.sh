@@ -88,10 +88,12 @@ wait_for "proxy forwarded SYN, SYN-ACK and FIN" \
 sockets=$("${compose[@]}" exec -T server ss -tan)
 echo "$sockets"
 grep -q ":7007" <<<"$sockets"
-"${compose[@]}" exec -T proxy tcplab proxy add --drop server:syn-ack@1 | grep -q "drop-server:syn-ack@1"
+added=$("${compose[@]}" exec -T proxy tcplab proxy add --drop server:syn-ack@1)
+grep -q "drop-server:syn-ack@1" <<<"$added"
 wait_for "the added rule dropped a SYN-ACK, and the server sent it again" \
   'segments(tag="syn-ack", verdict="drop", rule="drop-server:syn-ack@1") and any("retransmit" in e["tags"] for e in segments(tag="syn-ack", verdict="pass"))' 120
-"${compose[@]}" exec -T proxy tcplab proxy rules | grep -q "fired"
+rules=$("${compose[@]}" exec -T proxy tcplab proxy rules)
+grep -q "fired" <<<"$rules"
 
 "${compose[@]}" down -v --remove-orphans --timeout 10
 left=$(docker ps -aq --filter "label=com.docker.compose.project=$project")
