@@ -481,7 +481,7 @@ def update_record(lab_id: str, **fields: Any) -> None:
     tmp.replace(_record_path(lab_id))
 
 
-def _owner_alive(record: Mapping[str, Any]) -> bool:
+def owner_alive(record: Mapping[str, Any]) -> bool:
     pid = record.get("owner_pid")
     if not isinstance(pid, int) or not _alive(pid):
         return False
@@ -542,7 +542,7 @@ def _slots_in_use() -> set[int]:
             if record is None:
                 continue
             slot = record.get("slot")
-            if isinstance(slot, int) and (path.stem in present or _owner_alive(record)):
+            if isinstance(slot, int) and (path.stem in present or owner_alive(record)):
                 used.add(slot)
     return used
 
@@ -648,7 +648,7 @@ def clean(everything: bool = False) -> CleanReport:
             if record.get("persistent"):
                 kept[lab_id] = "made by `tcplab lab up`; remove it with `tcplab lab down`"
                 continue
-            if _owner_alive(record):
+            if owner_alive(record):
                 kept[lab_id] = f"owner process {record.get('owner_pid')} is running"
                 continue
         removed[lab_id] = destroy(lab_id)
@@ -659,7 +659,7 @@ def clean(everything: bool = False) -> CleanReport:
             if lab_id in removed or lab_id in kept:
                 continue
             record = read_record(lab_id)
-            if record is None or not _owner_alive(record) or everything:
+            if record is None or not owner_alive(record) or everything:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
     # ftrace instances of labs that are gone, and of `tcplab watch` processes

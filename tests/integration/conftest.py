@@ -4,6 +4,7 @@ no namespace, record or process behind."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.netns)
 
 
+def _descends_from_us(pid: int) -> bool:
+    me = os.getpid()
+    for _ in range(64):
+        if pid == me:
+            return True
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return False
+        pid = int(stat.rsplit(")", 1)[-1].split()[1])
+        if pid <= 1:
+            return False
+    return False
+
+
+def _ours(lab_id: str) -> bool:
+    """A lab this test session is answerable for: made by this process or a
+    child of it, or left without a living owner.  Labs of another program
+    running at the same time (a `tcplab verify` alongside) are not."""
+    record = topology.read_record(lab_id)
+    if record is None:
+        return True
+    pid = record.get("owner_pid")
+    if not isinstance(pid, int) or not topology.owner_alive(record):
+        return True
+    return _descends_from_us(pid)
+
+
 def lab_leftovers() -> set[str]:
-    return {n for names in topology.lab_namespaces().values() for n in names}
+    return {
+        n for lab_id, names in topology.lab_namespaces().items() if _ours(lab_id) for n in names
+    }
 
 
 @pytest.fixture(autouse=True)

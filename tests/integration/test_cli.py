@@ -4,7 +4,6 @@ what is left after a run is interrupted or killed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -184,7 +183,8 @@ def test_interrupted_run_leaves_nothing_after_clean(
                 if "→ CLOSE_WAIT" in line:  # a state change, not the title
                     break
                 assert time.monotonic() < deadline, "run never reached CLOSE_WAIT"
-            assert lab_leftovers() - before, "the run's lab should exist while it runs"
+            made = lab_leftovers() - before
+            assert made, "the run's lab should exist while it runs"
             proc.send_signal(how)
             proc.wait(timeout=30)
         finally:
@@ -197,11 +197,11 @@ def test_interrupted_run_leaves_nothing_after_clean(
     # after SIGKILL the daemons and namespaces are left; `clean` removes them
     tcplab("clean")
     assert lab_leftovers() == before
-    assert tracefs.instance_names(topology.TRACE_PREFIX) == [], "ftrace instances left"
-    leftover_daemons = subprocess.run(
-        ["pgrep", "-f", "-m (daemons.server|daemons.client|proxy) "],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    assert str(os.getpid()) not in leftover_daemons
-    assert leftover_daemons == []
+    labs = {name.removeprefix(topology.PREFIX).rpartition("-")[0] for name in made}
+    for lab_id in labs:
+        assert tracefs.instance_names(f"{topology.TRACE_PREFIX}{lab_id}-") == []
+        # the run's daemons were started with --netns tl<lab>-…
+        daemons = subprocess.run(
+            ["pgrep", "-f", f"--netns {topology.PREFIX}{lab_id}-"], capture_output=True, text=True
+        ).stdout.split()
+        assert daemons == [], f"processes of lab {lab_id} left: {daemons}"
