@@ -34,11 +34,10 @@ import trio
 
 from daemons import common
 from daemons.observer import Observer, TraceConfig, trace_filters
+from daemons.policies import CLIENT_POLICIES as POLICIES
 from daemons.server import LineReader, MessageTooLong, _error, _send_logged
 from tcplab import events
 from tcplab.events import App, ConversationDone, DaemonDone, DaemonReady, emit
-
-POLICIES = ("active", "shutdown", "passive", "abort", "never")
 
 
 class ConversationError(Exception):

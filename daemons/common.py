@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from tcplab import events, logs, netns
+from tcplab import events, logs, netns, proc
 from tcplab.events import App, emit
 from tcplab.units import parse_duration
 
@@ -86,8 +86,10 @@ def add_common(parser: argparse.ArgumentParser) -> None:
 
 
 def setup(component: str, args: argparse.Namespace) -> Any:
-    """Enter the namespace (before any thread or socket exists) and configure
-    logging; exits with status 2 and a clear message if the namespace is bad."""
+    """Die with the process that started us (when it asks), enter the
+    namespace (before any thread or socket exists) and configure logging;
+    exits with status 2 and a clear message if the namespace is bad."""
+    proc.die_with_parent()
     if args.netns:
         try:
             netns.enter(args.netns)

@@ -8,15 +8,22 @@ Forwards every frame between ``--front`` (the client side) and ``--back``
 (the server side), applies the rules, logs a ``segment`` event per TCP
 segment, serves the control socket, and on SIGTERM / Ctrl-C logs
 ``daemon_done`` with its counters and exits 0.  Exit 2: bad arguments or
-rules (the message names which); nothing was started.
+rules (the message names which); nothing was started.  Exit 1: an error
+stopped it; ``daemon_done`` then says ``status: error`` and what it was.
+
+The control socket is a side door: if it fails (it should not: see
+:mod:`proxy.control`'s limits), the failure is logged and forwarding goes on
+without it.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +33,8 @@ from proxy import capture, control, express, forward, rules
 from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
 from proxy.neighbours import RouteTable
 from proxy.options import add_rule_options, rules_from_args, rules_from_file
-from tcplab import logs, netns
-from tcplab.events import DaemonDone, DaemonReady, ExpressUnavailable, emit
+from tcplab import logs, netns, proc
+from tcplab.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -71,7 +78,53 @@ def _express_teardown(ports: list[str]) -> None:
         express.run_tc(express.teardown_commands(port), check=False)
 
 
-async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) -> int:
+async def _serve_control(
+    sock: trio.socket.SocketType, path: Path, controller: control.Controller, log: Any
+) -> None:
+    """The control socket, whose failure never stops the forwarding: it is
+    logged, and the proxy forwards on without it."""
+    try:
+        await control.serve_socket(sock, path, controller)
+    except Exception as exc:
+        emit(
+            log,
+            LogMessage(
+                ts=time.time(),
+                message=f"control socket {path} failed; forwarding goes on without it: {exc!r}",
+                log_level="error",
+                logger="proxy.control",
+            ),
+        )
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What :func:`amain` got to log, for :func:`main` (which must not log a
+    second ``daemon_done``)."""
+
+    logged_done: bool = False
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception, looking inside trio's exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(describe_error(inner) for inner in exc.exceptions)
+    text = str(exc)
+    return text if isinstance(exc, OSError | ValueError) and text else repr(exc)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+async def amain(
+    args: argparse.Namespace,
+    log: Any,
+    engine: rules.RuleEngine,
+    outcome: Outcome | None = None,
+) -> int:
     ports, routes, known = forward.discover([args.front, args.back])
     middlebox = Middlebox(
         ports,
@@ -129,6 +182,7 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
         on_frame=on_frame if writer else None,
     )
     status = "ok"
+    error: str | None = None
     try:
         async with trio.open_nursery() as nursery:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -148,7 +202,9 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                         changed=forwarder.changed,
                         log=log,
                     )
-                    await nursery.start(control.serve, args.control, controller)
+                    # a socket that cannot be made stops the proxy before it starts
+                    control_sock = await control.bind(args.control)
+                    nursery.start_soon(_serve_control, control_sock, args.control, controller, log)
                 emit(
                     log,
                     DaemonReady(
@@ -165,6 +221,9 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                 )
                 # keep the signal receiver installed for as long as we forward
                 await trio.sleep_forever()
+    except BaseException as exc:
+        status, error = "error", describe_error(exc)
+        raise
     finally:
         for iface in interfaces:
             iface.close()
@@ -184,12 +243,16 @@ async def amain(args: argparse.Namespace, log: Any, engine: rules.RuleEngine) ->
                 send_errors=forwarder.send_errors,
                 express_errors=tuple(forwarder.lane_errors) or None,
                 captured=writer.packets if writer else None,
+                error=error,
             ),
         )
+        if outcome is not None:
+            outcome.logged_done = True
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    proc.die_with_parent()  # when a run started us; `lab up` does not ask
     args = parse_args(argv)
     try:
         parsed, pace = rules_from_args(args)
@@ -207,11 +270,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     logs.configure("proxy", args.log_format)
     log = logs.get_logger()
+    outcome = Outcome()
     try:
-        return trio.run(amain, args, log, engine)
-    except (OSError, ValueError) as exc:
-        emit(log, DaemonDone(ts=time.time(), status="error", error=str(exc)))
-        print(f"proxy: {exc}", file=sys.stderr)
+        return trio.run(amain, args, log, engine, outcome)
+    except Exception as exc:
+        message = describe_error(exc)
+        if not outcome.logged_done:
+            emit(log, DaemonDone(ts=time.time(), status="error", error=message))
+        if not all(isinstance(leaf, OSError | ValueError) for leaf in _leaves(exc)):
+            traceback.print_exception(exc)  # a bug: the whole story
+        print(f"proxy: {message}", file=sys.stderr)
         return 1
 
 

@@ -27,6 +27,7 @@ addresses, which the proxy leaves alone.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import errno
 import functools
@@ -63,6 +64,8 @@ BATCH = 256
 """Frames handled per wakeup before yielding to the other tasks."""
 FRAME_BUFFER = 65536 + 64
 SOCKET_BUFFER = 8 << 20
+MAX_LANE_ERRORS = 16
+"""Express-lane error messages kept for ``daemon_done`` (the latest ones)."""
 # include/uapi/asm-generic/socket.h (not exported by the socket module)
 SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
@@ -185,7 +188,10 @@ class Forwarder:
         self.on_records = on_records
         self.on_frame = on_frame
         self.send_errors = 0
-        self.lane_errors: list[str] = []
+        self.lane_errors: collections.deque[str] = collections.deque(maxlen=MAX_LANE_ERRORS)
+        """The latest express-lane failures (bounded: a broken ``tc`` fails
+        once per connection); ``lane_error_count`` counts them all."""
+        self.lane_error_count = 0
         self._wake = trio.Event()
         self._timer_at = float("inf")
         # lane operations for the thread that runs tc, in order; bounded: at
@@ -205,7 +211,7 @@ class Forwarder:
 
     def release(self, rule: str | None = None) -> int:
         """Let held segments go now; returns how many."""
-        out = self.middlebox.release(trio.current_time(), rule)
+        out = self.middlebox.release(trio.current_time(), rule, wall=time.time())
         self._deliver(out)
         return len(out.frames)
 
@@ -230,6 +236,7 @@ class Forwarder:
                 await trio.to_thread.run_sync(express.run_tc, commands)
             except OSError as exc:
                 self.lane_errors.append(str(exc))
+                self.lane_error_count += 1
                 if op == "add":
                     # half-installed: take out what may be there, forward in the proxy
                     undo = express.remove_commands(lane.slot, mb.front, mb.back)

@@ -34,6 +34,21 @@ when judged; the shell stamps ``sent_ts`` on every record of a segment it
 sends (:func:`stamp_sent`).  A paced segment is logged when it leaves.  A
 segment a rule delays or holds is logged twice: on arrival (``delay`` /
 ``hold``) and when it leaves (``release``).
+
+Bounds (everything here is filled by what arrives, so everything is capped):
+
+- connections: :class:`proxy.flows.FlowTable`, ``max_flows`` (65,536, least
+  recently seen evicted; idle ones expire);
+- delayed and held segments: ``queue_capacity`` each (10,000 by default); a
+  segment that finds its queue full is dropped with ``queue_full``;
+- neighbours and frames waiting for a MAC: :class:`~proxy.neighbours.NeighbourTable`
+  (4,096 entries per port, LRU; 64 unresolved next hops per port);
+- express lanes: :data:`MAX_EXPRESS` connections, each parking at most
+  :data:`MAX_PARKED` frames while it leaves the kernel lane;
+- ``frame_dropped`` records: at most :data:`DROP_LOG_BURST` at once and
+  :data:`DROP_LOG_RATE` a second per reason (:class:`DropLog`); the next
+  record of a reason says in ``suppressed`` how many frames went unlogged.
+  ``counters`` always count every frame.
 """
 
 from __future__ import annotations
@@ -47,13 +62,23 @@ from proxy import flows as flowsmod
 from proxy import rules as rulesmod
 from proxy import wire
 from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
-from tcplab.events import FrameDropped, Record, Segment, Verdict
+from tcplab.events import FrameDropped, Record, Segment, Verdict, conn_id
 
 # a FIN, RST or SYN takes a connection out of the express lane
 _LANE_EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN
 # rules on these tags need to see data and pure ACKs: no express lane
 _LANE_TAGS = frozenset({None, "data", "ack", "retransmit"})
 MAX_EXPRESS = 64
+"""Connections in the kernel lane at once (each costs two tc filters)."""
+MAX_PARKED = 256
+"""Frames one express connection parks while its filters are removed (a few
+milliseconds: a handful of frames in practice); more are dropped with
+``queue_full``."""
+DROP_LOG_RATE = 10.0
+"""``frame_dropped`` records per second per reason, at most (a flood of bad
+frames once wrote a 102 MB log, one line per frame)."""
+DROP_LOG_BURST = 10
+"""``frame_dropped`` records per reason that may be logged back to back."""
 
 LogSegments = Literal["all", "control", "none"]
 LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
@@ -118,6 +143,47 @@ class _Routed:
     """``now`` when it was judged (for a release's ``kept_ms``)."""
 
 
+class DropLog:
+    """Rate limit for ``frame_dropped`` records: a token bucket per reason.
+
+    Each reason's bucket holds up to :data:`DROP_LOG_BURST` tokens and
+    refills at :data:`DROP_LOG_RATE` per second of ``now``; a record is
+    logged when a token is there, else it is counted as suppressed, and the
+    next record logged for that reason carries the count.  Bound: one
+    bucket per reason, and the reasons are the middlebox's own fixed few
+    (``malformed``, ``no_route``, ``mtu``, ``ttl``, ``queue_full``,
+    ``unresolved``); never evicted.  Pure: ``now`` is passed in.
+    """
+
+    def __init__(self, rate: float = DROP_LOG_RATE, burst: int = DROP_LOG_BURST) -> None:
+        self.rate = rate
+        self.burst = float(burst)
+        self._buckets: dict[str, list[float]] = {}
+        """reason → [tokens, when last refilled, frames suppressed since
+        the last record logged]"""
+
+    def admit(self, reason: str, now: float, frames: int = 1) -> int | None:
+        """None: do not log this drop (it is counted as suppressed).  Else log
+        it, with the returned number of frames suppressed before it."""
+        bucket = self._buckets.get(reason)
+        if bucket is None:
+            bucket = self._buckets[reason] = [self.burst, now, 0]
+        tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+        bucket[1] = now
+        if tokens < 1.0:
+            bucket[0] = tokens
+            bucket[2] += frames
+            return None
+        bucket[0] = tokens - 1.0
+        suppressed = int(bucket[2])
+        bucket[2] = 0
+        return suppressed
+
+    def suppressed(self) -> dict[str, int]:
+        """Frames not logged since each reason's last record."""
+        return {reason: int(b[2]) for reason, b in self._buckets.items() if b[2]}
+
+
 COUNTERS = (
     "frames_in",
     "forwarded",
@@ -171,6 +237,10 @@ class Middlebox:
         self.lanes: dict[tuple[tuple[str, int], tuple[str, int]], ExpressLane] = {}
         self.front, self.back = list(self.ports)[:2] if len(self.ports) >= 2 else ("", "")
         self._last_expire = 0.0
+        self.drop_log = DropLog()
+        # a static route's next hop is never evicted from the neighbour table
+        for port_name, gateway in self.routes.gateways():
+            self.neighbours.pin(port_name, gateway)
 
     # --- the three ways in -------------------------------------------------
 
@@ -201,9 +271,16 @@ class Middlebox:
             parsed = wire.parse_frame(frame)
         except wire.FrameError as exc:
             counters["dropped_malformed"] += 1
-            out.records.append(
-                FrameDropped(ts=arrival, reason="malformed", port=port_name, detail=str(exc))
-            )
+            if (suppressed := self.drop_log.admit("malformed", now)) is not None:
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival,
+                        reason="malformed",
+                        port=port_name,
+                        detail=str(exc),
+                        suppressed=suppressed or None,
+                    )
+                )
             return out
         ip = parsed.ip
         tcp = parsed.tcp
@@ -218,6 +295,20 @@ class Middlebox:
                 if lane.state != "leaving":
                     lane.state = "leaving"
                     out.express_remove.append(lane)
+                if len(lane.parked) >= MAX_PARKED:
+                    counters["dropped_queue_full"] += 1
+                    if (suppressed := self.drop_log.admit("queue_full", now)) is not None:
+                        out.records.append(
+                            FrameDropped(
+                                ts=arrival,
+                                reason="queue_full",
+                                port=port_name,
+                                conn=conn_id(*lane.client, *lane.server),
+                                detail="express lane parking",
+                                suppressed=suppressed or None,
+                            )
+                        )
+                    return out
                 lane.parked.append((port_name, bytes(frame), csum_not_ready, arrival))
                 counters["express_parked"] += 1
                 return out
@@ -238,27 +329,37 @@ class Middlebox:
         route = self.routes.lookup(ip.dst)
         if route is None:
             counters["dropped_no_route"] += 1
-            out.records.append(
-                FrameDropped(ts=arrival, reason="no_route", port=port_name, dst=ip.dst)
-            )
+            if (suppressed := self.drop_log.admit("no_route", now)) is not None:
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival,
+                        reason="no_route",
+                        port=port_name,
+                        src=ip.src,
+                        dst=ip.dst,
+                        suppressed=suppressed or None,
+                    )
+                )
             return out
         out_name, next_hop = route
         egress = self.ports[out_name]
         ip_len = len(frame) - parsed.eth.header_len
         if ip_len > egress.mtu:
             counters["dropped_mtu"] += 1
-            out.records.append(
-                FrameDropped(
-                    ts=arrival,
-                    reason="mtu",
-                    port=port_name,
-                    egress=out_name,
-                    bytes=ip_len,
-                    mtu=egress.mtu,
-                    src=ip.src,
-                    dst=ip.dst,
+            if (suppressed := self.drop_log.admit("mtu", now)) is not None:
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival,
+                        reason="mtu",
+                        port=port_name,
+                        egress=out_name,
+                        bytes=ip_len,
+                        mtu=egress.mtu,
+                        src=ip.src,
+                        dst=ip.dst,
+                        suppressed=suppressed or None,
+                    )
                 )
-            )
             return out
         if csum_not_ready and parsed.tcp is not None:
             frame = wire.complete_tcp_checksum(bytes(frame))
@@ -266,11 +367,21 @@ class Middlebox:
         buf = bytearray(frame)
         if not _decrement_hop_limit(buf, parsed):
             counters["dropped_ttl"] += 1
-            out.records.append(FrameDropped(ts=arrival, reason="ttl", port=port_name, dst=ip.dst))
+            if (suppressed := self.drop_log.admit("ttl", now)) is not None:
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival,
+                        reason="ttl",
+                        port=port_name,
+                        src=ip.src,
+                        dst=ip.dst,
+                        suppressed=suppressed or None,
+                    )
+                )
             return out
         routed = _Routed(out_name, next_hop, buf)
         if tcp is None:
-            self._send_routed(routed, now, out)
+            self._send_routed(routed, now, arrival, out)
             return out
         self._judge(parsed, tcp, routed, port_name, now, arrival, out)
         return out
@@ -281,25 +392,37 @@ class Middlebox:
         out = Output()
         for routed in self.delayed.pop_due(now):
             self._depart(routed, now, out)
-            self._send_routed(routed, now, out)
+            self._send_routed(routed, now, wall, out)
         retries, dropped = self.neighbours.tick(now)
         for port, frame in retries:
             out.frames.append((port, frame))
         if dropped:
             self.counters["dropped_unresolved"] += dropped
-            out.records.append(FrameDropped(ts=wall, reason="unresolved", frames=dropped))
+            suppressed = self.drop_log.admit("unresolved", now, dropped)
+            if suppressed is not None:
+                out.records.append(
+                    FrameDropped(
+                        ts=wall,
+                        reason="unresolved",
+                        frames=dropped,
+                        suppressed=suppressed or None,
+                    )
+                )
         if now - self._last_expire > 1.0:
             self._last_expire = now
             self.flows.expire(now)
+            self.neighbours.expire(now)
         return out
 
-    def release(self, now: float, rule: str | None = None) -> Output:
-        """Let held segments go (those of ``rule``, or all), in arrival order."""
+    def release(self, now: float, rule: str | None = None, *, wall: float) -> Output:
+        """Let held segments go (those of ``rule``, or all), in arrival order.
+        ``wall`` is the wall-clock ``now`` (for records of what happens to
+        them)."""
         out = Output()
         for routed in self.held.release(rule):
             self.counters["released"] += 1
             self._depart(routed, now, out)  # a release, if its hold was logged
-            self._send_routed(routed, now, out)
+            self._send_routed(routed, now, wall, out)
         return out
 
     def _depart(self, routed: _Routed, now: float, out: Output) -> None:
@@ -456,47 +579,73 @@ class Middlebox:
                     )
                 )
                 if delayed:
-                    self._delay(item, send_at, arrival, out)
+                    self._delay(item, send_at, now, arrival, out)
                 else:
-                    self._send_routed(item, now, out)
+                    self._send_routed(item, now, arrival, out)
         elif action == "drop":
             counters["dropped_rule"] += 1
         elif action == "hold":
             counters["held"] += 1
             if not self.held.hold(routed, verdict.rule or "hold"):
                 counters["dropped_queue_full"] += 1
-                out.records.append(
-                    FrameDropped(
-                        ts=arrival, reason="queue_full", conn=tagged.conn, detail="hold queue"
+                if (suppressed := self.drop_log.admit("queue_full", now)) is not None:
+                    out.records.append(
+                        FrameDropped(
+                            ts=arrival,
+                            reason="queue_full",
+                            conn=tagged.conn,
+                            detail="hold queue",
+                            suppressed=suppressed or None,
+                        )
                     )
-                )
         elif action == "reset":
             counters["resets_injected"] += 1
             self._inject_resets(
                 parsed, tcp, tagged, routed, port_name, verdict.rule, now, arrival, out
             )
 
-    def _delay(self, routed: _Routed, send_at: float, arrival: float, out: Output) -> None:
+    def _delay(
+        self, routed: _Routed, send_at: float, now: float, arrival: float, out: Output
+    ) -> None:
         if not self.delayed.push(routed, send_at):
             self.counters["dropped_queue_full"] += 1
-            record = routed.segment
-            out.records.append(
-                FrameDropped(
-                    ts=arrival,
-                    reason="queue_full",
-                    conn=record.conn if record is not None else None,
-                    detail="delay queue",
+            if (suppressed := self.drop_log.admit("queue_full", now)) is not None:
+                record = routed.segment
+                out.records.append(
+                    FrameDropped(
+                        ts=arrival,
+                        reason="queue_full",
+                        conn=record.conn if record is not None else None,
+                        detail="delay queue",
+                        suppressed=suppressed or None,
+                    )
                 )
-            )
 
-    def _send_routed(self, routed: _Routed, now: float, out: Output) -> None:
+    def _send_routed(self, routed: _Routed, now: float, wall: float, out: Output) -> None:
+        """Put ``routed`` on the wire, or queue it for its next hop's MAC.
+        ``wall`` dates a ``frame_dropped`` record if it cannot even wait."""
         port = self.ports[routed.port]
         mac = self.neighbours.lookup(routed.port, routed.next_hop, now)
         if mac is None:
-            for solicit in self.neighbours.enqueue(
+            solicits, refused = self.neighbours.enqueue(
                 routed.port, routed.next_hop, bytes(routed.frame), now
-            ):
+            )
+            for solicit in solicits:
                 out.frames.append((routed.port, solicit))
+            if refused is not None:
+                self.counters["dropped_unresolved"] += 1
+                if (suppressed := self.drop_log.admit("unresolved", now)) is not None:
+                    out.records.append(
+                        FrameDropped(
+                            ts=wall,
+                            reason="unresolved",
+                            port=routed.port,
+                            dst=routed.next_hop,
+                            frames=1,
+                            detail=refused,
+                            suppressed=suppressed or None,
+                        )
+                    )
             return
         frame = routed.frame
         frame[0:6] = mac
@@ -587,7 +736,9 @@ class Middlebox:
             out.records.append(segment_record(injected, "inject", rule, None, arrival))
         toward_receiver, toward_sender = out.records[-2], out.records[-1]
         assert isinstance(toward_receiver, Segment) and isinstance(toward_sender, Segment)
-        self._send_routed(_Routed(routed.port, routed.next_hop, bytearray(forward_rst)), now, out)
+        self._send_routed(
+            _Routed(routed.port, routed.next_hop, bytearray(forward_rst)), now, arrival, out
+        )
         out.frames.append((in_port, backward_rst))
         # for the capture: the frames the proxy made, with their records
         out.injected.append((routed.port, forward_rst, toward_receiver))

@@ -152,12 +152,17 @@ class RuleEngine:
         for i, rule in enumerate(self._rules):
             if rule.name == name:
                 del self._rules[i]
+                # its counts go with it: add/rm cycles must not grow them
+                self.fired.pop(name, None)
+                self.matched.pop(name, None)
                 return rule
         known = ", ".join(r.name for r in self._rules) or "none"
         raise KeyError(f"no rule named {name!r} (rules: {known})")
 
     def clear(self) -> None:
         self._rules.clear()
+        self.fired.clear()
+        self.matched.clear()
 
     def set_pace(self, pace: float | None) -> None:
         if pace is not None and not 0 <= pace <= MAX_DELAY:
@@ -278,12 +283,18 @@ class HoldQueue:
 
 # --- parsing ---------------------------------------------------------------------
 
+MAX_COUNT = 1_000_000
+"""Largest occurrence (``@N``) or connection number (``#N``) a rule may name."""
+MAX_NTH = 64
+"""Most occurrences one rule may list (``@1,3,5…``)."""
+MAX_RULE_TEXT = 256
+
 _CLI = re.compile(
     r"""^(?:(?P<side>client|server):)?
-        (?P<tag>[a-z-]+)
-        (?:@(?P<nth>[0-9]+(?:,[0-9]+)*))?
-        (?:\#(?P<conn>[0-9]+))?
-        (?:=(?P<delay>.+))?$""",
+        (?P<tag>[a-z-]{1,32})
+        (?:@(?P<nth>[0-9]{1,7}(?:,[0-9]{1,7}){0,63}))?
+        (?:\#(?P<conn>[0-9]{1,7}))?
+        (?:=(?P<delay>.{1,64}))?$""",
     re.VERBOSE,
 )
 
@@ -328,6 +339,8 @@ def _spec(match: Match) -> str:
 
 def parse_cli(action: str, text: str) -> Rule:
     """``--drop syn-ack@1``, ``--delay client:fin@1=2s``… → a rule."""
+    if len(text) > MAX_RULE_TEXT:
+        raise RuleError(f"--{action} {text[:40]}…: a rule is at most {MAX_RULE_TEXT} characters")
     where = f"--{action} {text}"
     if action not in ACTIONS:
         raise RuleError(f"{where}: unknown action {action!r} ({', '.join(ACTIONS)})")
@@ -342,12 +355,12 @@ def parse_cli(action: str, text: str) -> Rule:
     nth = None
     if m["nth"]:
         numbers = [int(n) for n in m["nth"].split(",")]
-        if any(n < 1 for n in numbers):
-            raise RuleError(f"{where}: nth must be ≥ 1 (the first occurrence is @1)")
+        if any(not 1 <= n <= MAX_COUNT for n in numbers):
+            raise RuleError(f"{where}: nth must be 1 to {MAX_COUNT} (the first occurrence is @1)")
         nth = frozenset(numbers)
     conn = int(m["conn"]) if m["conn"] else None
-    if conn is not None and conn < 1:
-        raise RuleError(f"{where}: connection numbers start at 1")
+    if conn is not None and not 1 <= conn <= MAX_COUNT:
+        raise RuleError(f"{where}: connection numbers run from 1 to {MAX_COUNT}")
     delay = None
     if action == "delay":
         if m["delay"] is None:
@@ -391,12 +404,16 @@ def parse_table(table: Mapping[str, Any], where: str) -> Rule:
         numbers = [nth_value] if not isinstance(nth_value, list) else nth_value
         if not numbers or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
             raise RuleError(f"{where}: 'nth' must be a number or a list of numbers")
-        if any(n < 1 for n in numbers):
-            raise RuleError(f"{where}: 'nth' must be ≥ 1 (the first occurrence is 1)")
+        if len(numbers) > MAX_NTH:
+            raise RuleError(f"{where}: 'nth' lists at most {MAX_NTH} occurrences")
+        if any(not 1 <= n <= MAX_COUNT for n in numbers):
+            raise RuleError(f"{where}: 'nth' must be 1 to {MAX_COUNT} (the first occurrence is 1)")
         nth = frozenset(numbers)
     conn = table.get("conn")
-    if conn is not None and (not isinstance(conn, int) or isinstance(conn, bool) or conn < 1):
-        raise RuleError(f"{where}: 'conn' must be a connection number ≥ 1")
+    if conn is not None and (
+        not isinstance(conn, int) or isinstance(conn, bool) or not 1 <= conn <= MAX_COUNT
+    ):
+        raise RuleError(f"{where}: 'conn' must be a connection number, 1 to {MAX_COUNT}")
     delay = None
     if action == "delay":
         if not isinstance(table.get("delay"), str):
@@ -406,8 +423,10 @@ def parse_table(table: Mapping[str, Any], where: str) -> Rule:
         raise RuleError(f"{where}: only a delay rule takes 'delay'")
     match = Match(tag, side, nth, conn)
     name = table.get("name")
-    if name is not None and (not isinstance(name, str) or not name.strip()):
-        raise RuleError(f"{where}: 'name' must be a non-empty string")
+    if name is not None and (
+        not isinstance(name, str) or not name.strip() or len(name) > 64 or not name.isprintable()
+    ):
+        raise RuleError(f"{where}: 'name' must be a printable string of 1 to 64 characters")
     return Rule(name or _auto_name(action, match), match, action, delay)
 
 

@@ -20,32 +20,69 @@ from typing import Any
 
 from proxy.options import add_rule_options
 from tcplab import causality, connview, events, logs, netns, topology
-from tcplab.units import parse_duration
+from tcplab.proc import PARENT_ENV, child_env, die_with_parent
+from tcplab.units import format_duration, parse_duration
 
 EXIT_USAGE = 2
 RUN_JSON = [sys.executable, "-m", "tcplab.cli", "run", "--json"]
 
 
+MAX_DURATION_S = 2 * 3600.0
+
+
 def _duration(text: str) -> float:
+    """A duration up to two hours (``250ms``, ``2s``)."""
     try:
-        return parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds > MAX_DURATION_S:
+        raise argparse.ArgumentTypeError(f"{text!r}: at most {format_duration(MAX_DURATION_S)}")
+    return seconds
 
 
 def _sysctl(text: str) -> tuple[topology.Side, str, str]:
-    """``cli:net.ipv4.tcp_fin_timeout=5`` → ("cli", key, "5")."""
+    """``cli:net.ipv4.tcp_fin_timeout=5`` → ("cli", key, "5"), checked as a
+    scenario's sysctls are: a net.* key this kernel has, a plain value."""
+    import re
+
+    from tcplab.scenario import spec
+
     side, sep, rest = text.partition(":")
     key, eq, value = rest.partition("=")
     if not sep or not eq or side not in topology.SIDES:
         raise argparse.ArgumentTypeError(
-            f"--sysctl {text!r}: expected SIDE:KEY=VALUE with SIDE one of cli, mbx, srv"
+            f"{text!r}: expected SIDE:KEY=VALUE with SIDE one of cli, mbx, srv"
         )
     try:
         topology.validate_sysctl_key(key)
     except topology.TopologyError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+    if not re.fullmatch(spec.SYSCTL_KEY, key) or not spec.known_sysctl(key):
+        raise argparse.ArgumentTypeError(f"{key!r}: no such sysctl on this kernel")
+    if not re.fullmatch(spec.SYSCTL_VALUE, value):
+        raise argparse.ArgumentTypeError(f"{key}={value!r}: expected a number, numbers or a name")
     return side, key, value
+
+
+def _bounded_int(low: int, high: int) -> Any:
+    """An argparse type: a whole number from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        if not text.strip().isdigit() or len(text.strip()) > 9:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number, {low} to {high}")
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value}: expected {low} to {high}")
+        return value
+
+    return parse
+
+
+_port = _bounded_int(1, 65535)
+_connections = _bounded_int(1, 100_000)
+_concurrency = _bounded_int(1, 10_000)
+_jobs = _bounded_int(1, 64)
 
 
 def _sysctl_map(items: list[tuple[topology.Side, str, str]]) -> dict[topology.Side, dict[str, str]]:
@@ -182,7 +219,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"  ✗ causal order: {violation.describe()}", file=out)
         if args.pcap:
             print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
-    ok = result.client_status == 0 and result.server_status == 0
+    ok = result.client_status == 0 and result.server_status == 0 and not result.timed_out
     return 0 if ok and not violations else 1
 
 
@@ -308,6 +345,10 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
             print(line, file=out)
     statuses = {"client": result.client_status, "server": result.server_status}
     failures = scenario.check(sc, result.records, statuses)
+    if result.timed_out:
+        failures.insert(
+            0, f"the run did not end within its deadline ({format_duration(opts.deadline)})"
+        )
     t0 = connview.time_zero(result.records)
     violations = [v.describe(t0) for v in causality.check(result.records)]
     if args.json:
@@ -403,6 +444,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             started = time.monotonic()
             proc = await trio.run_process(
                 [*RUN_JSON, str(path), *(["--no-trace"] if args.no_trace else [])],
+                env=child_env(),  # the runs die with verify
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -540,12 +582,15 @@ def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> N
         ["--front", topology.FRONT_IF, "--back", topology.BACK_IF, "--control", sock, *fault_argv],
     )
     with open(_proxy_log(lab), "ab") as log:
+        env = dict(os.environ)
+        env.pop(PARENT_ENV, None)  # it outlives us: `lab down` stops it
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=env,
         )
     topology.update_record(lab.lab_id, proxy_pid=proc.pid, proxy_control=sock)
     deadline = time.monotonic() + 15
@@ -570,16 +615,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     from proxy import control, options, rules
     from tcplab import runner
 
-    path = args.socket or os.environ.get("TCPLAB_PROXY_SOCKET")
-    lab_id = "the lab"
-    if not path:
-        try:
-            lab = topology.find_lab(args.lab)
-        except topology.TopologyError as exc:
-            print(f"tcplab proxy: {exc}", file=sys.stderr)
-            return 1
-        path = runner.control_path(lab)
-        lab_id = f"lab {lab.lab_id}"
+    # Build (and so validate) the requests first: a malformed rule is named
+    # whether or not a lab is up.
     requests: list[dict[str, Any]] = []
     if args.proxy_command == "rules":
         requests.append({"op": "rules"})
@@ -605,12 +642,30 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         requests.append({"op": "clear"})
     elif args.proxy_command == "pace":
         requests.append({"op": "pace", "value": args.value})
+    path = args.socket or os.environ.get("TCPLAB_PROXY_SOCKET")
+    lab_id = "the lab"
+    if not path:
+        try:
+            lab = topology.find_lab(args.lab)
+        except topology.TopologyError as exc:
+            print(f"tcplab proxy: {exc}", file=sys.stderr)
+            return 1
+        path = runner.control_path(lab)
+        lab_id = f"lab {lab.lab_id}"
     status = 0
     for payload in requests:
         try:
             answer = control.request(path, payload)
+        except control.ProxyUnreachable as exc:
+            hint = {
+                "absent": f" (is {lab_id} running its proxy?)",
+                "refused": " (its proxy has exited: `tcplab lab down`, then `lab up`)",
+                "denied": " (run as root)",
+            }.get(exc.why, "")
+            print(f"tcplab proxy: {exc}{hint}", file=sys.stderr)
+            return 1
         except OSError as exc:
-            print(f"tcplab proxy: {exc} (is {lab_id} running its proxy?)", file=sys.stderr)
+            print(f"tcplab proxy: {exc}", file=sys.stderr)
             return 1
         if not answer.get("ok"):
             print(f"tcplab proxy {args.proxy_command}: {answer.get('error')}", file=sys.stderr)
@@ -802,10 +857,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="active (default) | shutdown | passive | abort | never",
     )
     run.add_argument("--send", action="append", metavar="TEXT", help="message (repeatable)")
-    run.add_argument("--count", type=int, default=None, help="connections (default 1)")
-    run.add_argument("--concurrency", type=int, default=None, help="at a time (default 1)")
+    run.add_argument("--count", type=_connections, default=None, help="connections (default 1)")
+    run.add_argument("--concurrency", type=_concurrency, default=None, help="at a time (default 1)")
     run.add_argument("--ipv6", action="store_true", help="talk over IPv6")
-    run.add_argument("--port", type=int, default=None, help="server port (default 7007)")
+    run.add_argument("--port", type=_port, default=None, help="server port (default 7007)")
     run.add_argument("--farewell", metavar="TEXT", help="server sends TEXT from CLOSE_WAIT")
     run.add_argument(
         "--observe-for",
@@ -853,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_show)
     verify = sub.add_parser("verify", help="run scenarios and check every expectation")
     verify.add_argument("names", nargs="*", help="scenarios (default: the whole catalogue)")
-    verify.add_argument("--jobs", type=int, default=1, help="scenarios at a time (own labs)")
+    verify.add_argument("--jobs", type=_jobs, default=1, help="scenarios at a time (own labs)")
     verify.add_argument(
         "--no-trace", action="store_true", help="poll sock_diag only (as in containers)"
     )
@@ -930,7 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", help="print TCP state changes of sockets in a namespace")
     watch.add_argument("--netns", required=True, help="network namespace to watch")
-    watch.add_argument("--port", type=int, action="append", help="only sockets with this port")
+    watch.add_argument("--port", type=_port, action="append", help="only sockets with this port")
     watch.add_argument("--interval", type=_duration, default=_duration("5ms"), metavar="D")
     watch.add_argument(
         "--duration",
@@ -953,7 +1008,27 @@ def _terminate(_signum: int, _frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def reap_orphans() -> None:
+    """Remove the labs of runs that were killed (their owning process is
+    gone), saying so: every command does this first, so a laptop that
+    crashed during a class leaves nothing behind once ``tcplab`` runs again.
+    Labs made by ``lab up`` stay until ``lab down``."""
+    from tcplab.runner import have_net_admin
+
+    if not have_net_admin():
+        return
+    try:
+        report = topology.clean(everything=False)
+    except OSError as exc:
+        print(f"tcplab: could not look for labs of killed runs: {exc}", file=sys.stderr)
+        return
+    for lab_id, names in report.removed.items():
+        what = ", ".join(names) or "its record"
+        print(f"tcplab: removed lab {lab_id}, left by a run that is gone ({what})", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    die_with_parent(signal.SIGTERM)  # a run started by `verify`: tear its lab down
     parser = build_parser()
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM both tear the lab down — even when started from a
@@ -961,6 +1036,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.func is not cmd_clean:
+            reap_orphans()
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130

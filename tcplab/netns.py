@@ -34,8 +34,11 @@ class NetnsError(OSError):
 
 
 def path_of(name: str) -> Path:
-    if not name or "/" in name or name in (".", ".."):
-        raise NetnsError(f"bad network namespace name {name!r}")
+    """/run/netns/NAME; NetnsError for a name that is not one (a path, empty,
+    longer than a file name may be)."""
+    if not name or "/" in name or name in (".", "..") or len(name) > 255 or "\0" in name:
+        shown = name if len(name) <= 40 else name[:37] + "..."
+        raise NetnsError(f"bad network namespace name {shown!r}")
     return NETNS_RUN_DIR / name
 
 

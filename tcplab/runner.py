@@ -29,6 +29,7 @@ import trio
 from tcplab import events, topology
 from tcplab.causality import Placed
 from tcplab.events import App, DaemonReady, Record, TcpState
+from tcplab.proc import child_env as proc_child_env
 from tcplab.transcript import REORDER_WINDOW_S, Merger
 from tcplab.units import format_duration
 
@@ -80,6 +81,8 @@ class RunResult:
     stray: list[str]
     """Lines from the daemons that were not events (tracebacks, warnings)."""
     lab: topology.Lab | None = None
+    timed_out: bool = False
+    """The run's deadline passed before the daemons were done."""
 
     def by_time(self) -> list[Record]:
         return sorted(self.records, key=lambda r: r.ts)
@@ -245,7 +248,11 @@ async def run_in_lab(
 
     async def start(name: str, argv: list[str], nursery: trio.Nursery) -> _Proc:
         proc = await trio.lowlevel.open_process(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
+            argv,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            env=proc_child_env(),  # the daemons die with this process
         )
         handle = _Proc(name, proc)
         stdout, stderr = proc.stdout, proc.stderr
@@ -264,8 +271,9 @@ async def run_in_lab(
     server: _Proc | None = None
     client: _Proc | None = None
     proxy: _Proc | None = None
+    deadline = trio.CancelScope(deadline=trio.current_time() + opts.deadline)
     try:
-        with trio.fail_after(opts.deadline):
+        with deadline:
             async with trio.open_nursery() as outer:
                 outer.start_soon(ticker)
                 if opts.forwarding is topology.Forwarding.PROXY:
@@ -316,7 +324,15 @@ async def run_in_lab(
             if handle is not None and handle.proc.returncode is None:
                 handle.proc.kill()
         deliver(final=True)
-    return _result(lab, collected, client, server, proxy, stray)
+    result = _result(lab, collected, client, server, proxy, stray)
+    if deadline.cancelled_caught:
+        result.timed_out = True
+        # the daemons were killed: their exit statuses say nothing
+        result.stray.append(
+            f"runner: the run did not end within its deadline ({format_duration(opts.deadline)}); "
+            "the daemons were stopped"
+        )
+    return result
 
 
 def _result(

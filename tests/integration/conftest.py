@@ -35,7 +35,7 @@ def _descends_from_us(pid: int) -> bool:
     return False
 
 
-def _ours(lab_id: str) -> bool:
+def ours(lab_id: str) -> bool:
     """A lab this test session is answerable for: made by this process or a
     child of it, or left without a living owner.  Labs of another program
     running at the same time (a `tcplab verify` alongside) are not."""
@@ -49,9 +49,7 @@ def _ours(lab_id: str) -> bool:
 
 
 def lab_leftovers() -> set[str]:
-    return {
-        n for lab_id, names in topology.lab_namespaces().items() if _ours(lab_id) for n in names
-    }
+    return {n for lab_id, names in topology.lab_namespaces().items() if ours(lab_id) for n in names}
 
 
 @pytest.fixture(autouse=True)

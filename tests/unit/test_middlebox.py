@@ -7,7 +7,15 @@ import ipaddress
 import pytest
 
 from proxy import neighbours, rules, wire
-from proxy.middlebox import Middlebox, Output, stamp_sent
+from proxy.middlebox import (
+    DROP_LOG_BURST,
+    DROP_LOG_RATE,
+    MAX_PARKED,
+    DropLog,
+    Middlebox,
+    Output,
+    stamp_sent,
+)
 from tcplab.events import VERDICTS, FrameDropped, Record, Segment
 
 FRONT_MAC = bytes.fromhex("02000000000a")
@@ -138,7 +146,7 @@ def test_hold_until_released() -> None:
     receive(mb, "mc0", from_client(wire.SYN, 100), 0.0)
     out = receive(mb, "ms0", from_server(wire.FIN | wire.ACK, 500, 101), 0.1)
     assert out.frames == [] and mb.held.held_by() == {"hold-server:fin@1": 1}
-    released = mb.release(5.0)
+    released = mb.release(5.0, wall=WALL + 5.0)
     assert [p for p, _ in released.frames] == ["mc0"]
     assert segments(released)[0].verdict == "release"
 
@@ -355,12 +363,12 @@ def test_hold_logs_hold_then_release_with_kept_ms_and_no_delay() -> None:
     assert held.verdict == "hold" and held.rule == "hold-server:fin@1" and held.ts == arrival
     assert held.delay_ms is None and held.kept_ms is None
     assert tick(mb, 3.0).records == []  # a hold does not end by itself
-    released = mb.release(5.0)
+    released = mb.release(5.0, wall=WALL + 5.0)
     (release,) = segments(released)
     assert release.verdict == "release" and release.ts == arrival
     assert release.kept_ms == pytest.approx(4900.0, abs=0.01)
     assert release.delay_ms is None and release.rule == "hold-server:fin@1"
-    assert mb.release(6.0).records == []
+    assert mb.release(6.0, wall=WALL + 6.0).records == []
 
 
 def test_control_mode_does_not_log_a_paced_data_segment() -> None:
@@ -519,3 +527,83 @@ def test_express_commands() -> None:
     )
     assert "protocol ipv6" in v6 and "at 53" in v6
     assert express.remove_commands(3, "mc0", "ms0")[1][-3:] == ["ingress", "prio", "103"]
+
+
+# --- bounds: drop records, parked frames, frames waiting for a MAC -----------------
+
+GARBAGE = FRONT_MAC + CLIENT_MAC + b"\x08\x00" + b"\x45\x00\xff\xff"
+"""Addressed to the front port, but not an IPv4 packet: dropped as malformed."""
+
+
+def no_route_frame(dst: str = "203.0.113.5") -> bytes:
+    return wire.build_tcp_frame(CLIENT_MAC, FRONT_MAC, CLIENT, dst, 40000, 80, 1, 0, wire.SYN)
+
+
+def test_frame_dropped_is_rate_limited_per_reason_and_counters_keep_the_totals() -> None:
+    mb = box()
+    burst = [r for _ in range(1000) for r in drops(receive(mb, "mc0", GARBAGE, 0.0))]
+    # a burst at one instant: DROP_LOG_BURST lines, the rest counted
+    assert len(burst) == DROP_LOG_BURST
+    assert all(r.reason == "malformed" and r.suppressed is None for r in burst)
+    assert mb.counters["dropped_malformed"] == 1000
+    # another reason has its own budget
+    (other,) = drops(receive(mb, "mc0", no_route_frame(), 0.0))
+    assert other.reason == "no_route" and other.dst == "203.0.113.5"
+    # a second later the bucket is full again; the next line says what it skipped
+    (after,) = drops(receive(mb, "mc0", GARBAGE, 1.0))
+    assert after.suppressed == 1000 - DROP_LOG_BURST
+    assert mb.drop_log.suppressed() == {}
+
+
+def test_a_steady_flood_logs_at_the_rate_and_no_frame_goes_uncounted() -> None:
+    mb = box()
+    frames = 20_000  # 2,000 a second for 10 s
+    logged: list[FrameDropped] = []
+    for i in range(frames):
+        logged += drops(receive(mb, "mc0", GARBAGE, i / 2000))
+    assert mb.counters["dropped_malformed"] == frames
+    # the burst, then DROP_LOG_RATE a second (give or take one at the edges)
+    assert len(logged) <= DROP_LOG_BURST + DROP_LOG_RATE * 10 + 1
+    assert len(logged) >= DROP_LOG_RATE * 10
+    unlogged = mb.drop_log.suppressed().get("malformed", 0)
+    assert len(logged) + sum(r.suppressed or 0 for r in logged) + unlogged == frames
+
+
+def test_drop_log_token_bucket() -> None:
+    log = DropLog(rate=2.0, burst=3)
+    assert [log.admit("x", 0.0) for _ in range(5)] == [0, 0, 0, None, None]
+    assert log.admit("x", 0.25) is None  # half a token
+    assert log.admit("x", 0.5) == 3  # one token: three frames were skipped
+    assert log.admit("x", 0.5, frames=7) is None
+    assert log.suppressed() == {"x": 7}
+    assert log.admit("y", 0.5) == 0
+
+
+def test_frames_refused_a_place_in_the_resolution_queue_are_counted() -> None:
+    mb = box()
+    mb.neighbours = neighbours.NeighbourTable(mb.ports.values())  # forget every MAC
+    records: list[FrameDropped] = []
+    for i in range(100):
+        syn = wire.build_tcp_frame(
+            CLIENT_MAC, FRONT_MAC, CLIENT, SERVER, 40000 + i, 7007, 1, 0, wire.SYN
+        )
+        records += drops(receive(mb, "mc0", syn, 0.0))
+    waiting = neighbours.PENDING_PER_HOP
+    assert mb.counters["dropped_unresolved"] == 100 - waiting
+    assert len(records) == DROP_LOG_BURST
+    assert records[0].reason == "unresolved" and records[0].dst == SERVER
+    assert records[0].detail is not None and "wait for 198.51.100.1's MAC" in records[0].detail
+
+
+def test_an_express_lane_parks_a_bounded_number_of_frames() -> None:
+    mb = mirrored_box(log_segments="control")
+    established(mb)
+    ack = from_client(wire.ACK, 101, 501, gateway=SERVER_MAC)
+    (lane,) = receive(mb, "mc0", ack, 0.0).express_add
+    mb.express_done(lane, "add", 0.01)
+    fin = from_client(wire.FIN | wire.ACK, 101, 501, gateway=SERVER_MAC)
+    for _ in range(MAX_PARKED + 50):
+        receive(mb, "mc0", fin, 0.02)
+    assert len(lane.parked) == MAX_PARKED
+    assert mb.counters["express_parked"] == MAX_PARKED
+    assert mb.counters["dropped_queue_full"] == 50

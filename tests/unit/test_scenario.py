@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from typing import Any
 
 import pytest
 
-from tcplab import scenario
+from tcplab import events, scenario
 from tcplab.events import Segment, TcpState
 
 GOOD = """
@@ -70,14 +72,18 @@ def test_good_file_parses() -> None:
         (("[server]", "[server]\ncolour = 1"), r"demo\.toml:8: server\.colour: unknown key"),
         (
             ('close = "linger:200ms"', 'close = "sometimes"'),
-            r"demo\.toml:8: server\.close: unknown policy",
+            r"demo\.toml:8: server\.close: unknown close policy 'sometimes'",
         ),
         (('close = "linger:200ms"', 'close = "linger:2"'), r"server\.close: bad duration '2'"),
-        (("nth = 1", "nth = 0"), r"demo\.toml:10: \[\[proxy\.rules\]\] #1: 'nth' must be ≥ 1"),
+        (
+            ("nth = 1", "nth = 0"),
+            r"demo\.toml:13: proxy\.rules\.nth: expected a whole number, 1 to 1000000",
+        ),
         (('tag = "syn"\nnth', 'tag = "synack"\nnth'), r"did you mean 'syn-ack'"),
         (
             ('"ESTABLISHED"]', '"ESTABLISHD"]'),
-            r"demo\.toml:16: expect\.client\.states: unknown TCP state",
+            r"demo\.toml:16: expect\.client\.states: unknown value 'ESTABLISHD' "
+            r"\(did you mean 'ESTABLISHED'\?\)",
         ),
         (
             ('SYN_SENT = "900ms"', "SYN_SENT = 900"),
@@ -85,7 +91,7 @@ def test_good_file_parses() -> None:
         ),
         (
             ('verdict = "drop"', 'verdict = "lost"'),
-            r"demo\.toml:22: expect\.segments\.verdict: expected one",
+            r"demo\.toml:22: expect\.segments\.verdict: unknown value 'lost'",
         ),
         (('name = "demo"', 'name = "Demo!"'), r":2: name: use lowercase"),
         (('teaches_zh = "它展示什么。"', ""), r"demo\.toml: file: missing 'teaches_zh'"),
@@ -113,8 +119,163 @@ def test_schema_is_generated_from_the_same_description() -> None:
     json.dumps(schema)
     assert set(schema["properties"]) == set(scenario.TOP)
     client = schema["properties"]["expect"]["properties"]["client"]["properties"]
-    assert set(client) == set(scenario.SIDE_EXPECT)
+    assert set(client) == set(scenario.spec.SIDE_EXPECT)
     assert schema["required"] == list(scenario.REQUIRED_TOP)
+    # the allowed values come from the same tables the checker uses
+    server = schema["properties"]["server"]["properties"]
+    assert server["port"]["minimum"] == 1 and server["port"]["maximum"] == 65535
+    assert server["close"]["pattern"].startswith("^(immediate")
+    segment = schema["properties"]["expect"]["properties"]["segments"]["items"]["properties"]
+    assert segment["from"] == {"enum": ["client", "server"], "description": "client | server"}
+    assert set(segment["verdict"]["enum"]) == set(events.VERDICTS)
+    log_segments = schema["properties"]["proxy"]["properties"]["log_segments"]
+    assert log_segments["enum"] == ["all", "control", "none"]
+    rule = schema["properties"]["proxy"]["properties"]["rules"]["items"]
+    assert rule["required"] == ["action"] and rule["additionalProperties"] is False
+
+
+MINIMAL = {"name": "x", "title": "t", "teaches": "a", "teaches_zh": "b"}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        MINIMAL,
+        {**MINIMAL, "server": {"close": "first:0", "port": 8080}, "client": {"count": 3},
+         "expect": {"segments": [{"from": "client", "tag": "syn", "verdict": "drop"}]}},
+    ],
+)  # fmt: skip
+def test_what_the_checker_allows_the_schema_allows(document: dict[str, Any]) -> None:
+    scenario.parse(_toml(document), "x.toml")
+    _validate(document, scenario.json_schema())
+
+
+@pytest.mark.parametrize(
+    ("document", "field"),
+    [
+        ({"server": {"port": 0}}, "server.port"),
+        ({"server": {"port": 70000}}, "server.port"),
+        ({"server": {"close": "sometimes"}}, "server.close"),
+        ({"client": {"count": 0}}, "client.count"),
+        ({"client": {"concurrency": 0}}, "client.concurrency"),
+        ({"client": {"close": "later"}}, "client.close"),
+        ({"proxy": {"log_segments": "some"}}, "proxy.log_segments"),
+        ({"expect": {"segments": [{"from": "router"}]}}, "expect.segments.from"),
+        ({"expect": {"client": {"exit": 256}}}, "expect.client.exit"),
+        ({"name": "Demo!"}, "name"),
+    ],
+)
+def test_what_the_checker_refuses_the_schema_refuses(document: dict[str, Any], field: str) -> None:
+    bad = {**MINIMAL, **document}
+    with pytest.raises(scenario.ScenarioError, match=rf": {re.escape(field)}: "):
+        scenario.parse(_toml(bad), "x.toml")
+    with pytest.raises(ValueError, match="schema"):
+        _validate(bad, scenario.json_schema())
+
+
+def test_a_duration_out_of_range_is_refused_and_the_schema_says_the_range() -> None:
+    # JSON Schema cannot compare durations written as text: the range is in
+    # the description
+    with pytest.raises(scenario.ScenarioError, match=r"proxy\.pace: expected a duration from"):
+        scenario.parse(_toml({**MINIMAL, "proxy": {"pace": "20000s"}}), "x.toml")
+    pace = scenario.json_schema()["properties"]["proxy"]["properties"]["pace"]
+    assert pace["description"].endswith("(0s to 3600s)")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("count = " + "9" * 5000, "not valid TOML"),
+        ("x = " + "[" * 50000 + "]" * 50000, "not valid TOML"),
+        ("x = 1\n" + "#" * 300_000, "at most 256 KiB"),
+    ],
+)
+def test_hostile_files_get_an_error_naming_the_file(text: str, message: str) -> None:
+    with pytest.raises(scenario.ScenarioError, match=rf"^evil\.toml: .*{message}"):
+        scenario.parse(text, "evil.toml")
+
+
+def test_sysctls_are_checked_before_anything_starts() -> None:
+    def with_sysctl(line: str) -> str:
+        return _toml(MINIMAL) + "[lab.sysctls]\n" + line + "\n"
+
+    scenario.parse(with_sysctl('cli = { "net.ipv4.tcp_fin_timeout" = 5 }'), "x.toml")
+    for line, why in [
+        ('cli = { "net.ipv4.tcp_fin_timeot" = 5 }', "no such sysctl on this kernel"),
+        ('cli = { "net.ipv4.tcp_fin_timeout" = "5; reboot" }', "a number, numbers or a name"),
+        ('cli = { "kernel.panic" = 1 }', "only net.* sysctls"),
+    ]:
+        with pytest.raises(scenario.ScenarioError, match=rf"x\.toml:\d+: lab\.sysctls: .*{why}"):
+            scenario.parse(with_sysctl(line), "x.toml")
+
+
+def _toml(document: dict[str, Any]) -> str:
+    """A small TOML writer for the documents above."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int):
+            return str(v)
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{ " + ", ".join(f"{json.dumps(k)} = {value(x)}" for k, x in v.items()) + " }"
+        raise TypeError(v)
+
+    return "\n".join(f"{k} = {value(v)}" for k, v in document.items()) + "\n"
+
+
+def _validate(document: Any, schema: dict[str, Any], where: str = "") -> None:
+    """Just enough JSON Schema (the keywords json_schema uses) to hold a
+    document against it; ValueError naming where it fails."""
+
+    def fail(why: str) -> None:
+        raise ValueError(f"schema: {where or 'document'}: {why}")
+
+    if "enum" in schema and document not in schema["enum"]:
+        fail(f"{document!r} not in enum")
+    if "oneOf" in schema:
+        for option in schema["oneOf"]:
+            try:
+                _validate(document, option, where)
+                break
+            except ValueError:
+                continue
+        else:
+            fail("matches no option")
+    kind = schema.get("type")
+    if kind == "integer":
+        if not isinstance(document, int) or isinstance(document, bool):
+            fail("not an integer")
+        if "minimum" in schema and document < schema["minimum"]:
+            fail("below minimum")
+        if "maximum" in schema and document > schema["maximum"]:
+            fail("above maximum")
+    if kind == "string":
+        if not isinstance(document, str):
+            fail("not a string")
+        if "pattern" in schema and not re.search(schema["pattern"], document):
+            fail("does not match the pattern")
+    if kind == "array":
+        if not isinstance(document, list):
+            fail("not an array")
+        for i, item in enumerate(document):
+            _validate(item, schema.get("items", {}), f"{where}[{i}]")
+    if kind == "object":
+        if not isinstance(document, dict):
+            fail("not an object")
+        properties = schema.get("properties", {})
+        for key in schema.get("required", []):
+            if key not in document:
+                fail(f"missing {key}")
+        for key, item in document.items():
+            if key in properties:
+                _validate(item, properties[key], f"{where}.{key}".lstrip("."))
+            elif schema.get("additionalProperties") is False:
+                fail(f"unknown {key}")
 
 
 def seg(ts: float, dir: str, tags: list[str], verdict: str = "pass", flags: str = "A") -> Segment:
@@ -163,6 +324,6 @@ count = 1
     assert "segments: expected 1 × syn (not retransmit), saw 2" in scenario.check(sc, again, {})
     with pytest.raises(
         scenario.ScenarioError,
-        match=r"demo.toml:\d+: expect.segments.without: unknown tag 'resend'",
+        match=r"demo\.toml:\d+: expect\.segments\.without: unknown value 'resend'",
     ):
         scenario.parse(text.replace('"retransmit"]', '"resend"]'), "demo.toml")
