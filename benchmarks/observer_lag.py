@@ -50,15 +50,16 @@ def lags(
     """(ts − kernel ms, logged − kernel ms, matched, missed)."""
     assert result.lab is not None
     kernel = kernel_transitions(seen, result.lab, offset_ns)
-    reported: dict[tuple[str, str], list[TcpState]] = collections.defaultdict(list)
+    # by side: the two ends of one connection share its name
+    reported: dict[tuple[str, str, str], list[TcpState]] = collections.defaultdict(list)
     for record in result.records:
         if isinstance(record, TcpState):
-            reported[(record.conn, record.shown_new)].append(record)
+            reported[(record.component, record.conn, record.shown_new)].append(record)
             if record.handed_to:
-                reported[(record.conn, record.new)].append(record)
+                reported[(record.component, record.conn, record.new)].append(record)
     fact, logged, missed = [], [], 0
-    for conn, _old, new, ts in kernel:
-        candidates = reported.get((conn, new), [])
+    for side, conn, _old, new, ts in kernel:
+        candidates = reported.get((side, conn, new), [])
         if not candidates:
             missed += 1
             continue

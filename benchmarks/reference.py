@@ -7,16 +7,27 @@ from __future__ import annotations
 import collections
 import secrets
 import sys
+from typing import NamedTuple
 
 from tcplab import runner, topology, tracefs
 from tcplab.events import conn_id, endpoint, state_name
 from tcplab.tracebuf import TraceEvent
 
 
+class KernelTransition(NamedTuple):
+    side: str
+    """``client`` or ``server``: whose socket it is."""
+    conn: str
+    old: str
+    new: str
+    ts: float
+    """Wall time."""
+
+
 def kernel_transitions(
     seen: list[TraceEvent], lab: topology.Lab, offset_ns: int
-) -> list[tuple[str, str, str, float]]:
-    """(conn, old, new, wall time) of the lab's sockets, as the kernel said."""
+) -> list[KernelTransition]:
+    """The lab's sockets' transitions, as the kernel said."""
     client = {lab.addr.client4, lab.addr.client6}
     server = {lab.addr.server4, lab.addr.server6}
     by_socket: dict[int, list[TraceEvent]] = collections.defaultdict(list)
@@ -31,15 +42,15 @@ def kernel_transitions(
                 continue
             tied = later[0]
         if tied.saddr in client and tied.daddr in server:
-            conn = conn_id(tied.saddr, tied.sport, tied.daddr, tied.dport)
+            side, conn = "client", conn_id(tied.saddr, tied.sport, tied.daddr, tied.dport)
         elif tied.saddr in server and tied.daddr in client:
-            conn = conn_id(tied.daddr, tied.dport, tied.saddr, tied.sport)
+            side, conn = "server", conn_id(tied.daddr, tied.dport, tied.saddr, tied.sport)
         elif tied.saddr in server and tied.dport == 0:
-            conn = endpoint(tied.saddr, tied.sport)
+            side, conn = "server", endpoint(tied.saddr, tied.sport)
         else:
             continue
         old, new = state_name(event.oldstate or 0), state_name(event.newstate or 0)
-        out.append((conn, old, new, (event.ts_ns + offset_ns) / 1e9))
+        out.append(KernelTransition(side, conn, old, new, (event.ts_ns + offset_ns) / 1e9))
     return out
 
 

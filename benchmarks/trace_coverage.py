@@ -46,15 +46,16 @@ def compare(sc: scenario.Scenario, trace: bool) -> dict[str, float]:
     assert result.lab is not None
     kernel = kernel_transitions(seen, result.lab, offset)
     states = [r for r in result.records if isinstance(r, TcpState)]
-    by_key: dict[tuple[str, str, str], list[TcpState]] = collections.defaultdict(list)
+    # by side: the two ends of one connection share its name
+    by_key: dict[tuple[str, str, str, str], list[TcpState]] = collections.defaultdict(list)
     for record in states:
-        by_key[(record.conn, record.old, record.new)].append(record)
+        by_key[(record.component, record.conn, record.old, record.new)].append(record)
     out: dict[str, float] = collections.defaultdict(float)
     worst = 0.0
     used: set[int] = set()
-    for conn, old, new, ts in kernel:
+    for side, conn, old, new, ts in kernel:
         out["kernel"] += 1
-        candidates = [r for r in by_key[(conn, old, new)] if id(r) not in used]
+        candidates = [r for r in by_key[(side, conn, old, new)] if id(r) not in used]
         traced = [r for r in candidates if r.source == "trace"]
         if traced:
             best = min(traced, key=lambda r: abs(r.ts - ts))
@@ -63,10 +64,14 @@ def compare(sc: scenario.Scenario, trace: bool) -> dict[str, float]:
             worst = max(worst, abs(best.ts - ts))
             if VERBOSE and abs(best.ts - ts) > 50e-6:
                 gap = (best.ts - ts) * 1e6
-                what = f"{best.component} {conn} {old} → {new}"
+                what = f"{side} {conn} {old} → {new}"
                 print(f"    off by {gap:.1f} µs: {what}", file=sys.stderr)
             continue
-        loose = [r for r in states if r.conn == conn and r.shown_new == new and id(r) not in used]
+        loose = [
+            r
+            for r in states
+            if r.component == side and r.conn == conn and r.shown_new == new and id(r) not in used
+        ]
         if loose:
             used.add(id(loose[0]))
             out[loose[0].source] += 1
@@ -75,7 +80,7 @@ def compare(sc: scenario.Scenario, trace: bool) -> dict[str, float]:
             out["missed"] += 1
             how = "missed"
         if VERBOSE:
-            print(f"    {how}: {conn} {old} → {new} at {ts:.6f}", file=sys.stderr)
+            print(f"    {how}: {side} {conn} {old} → {new} at {ts:.6f}", file=sys.stderr)
     traced_records = [r for r in states if r.source == "trace"]
     keys = collections.Counter((r.conn, r.old, r.new, round(r.ts, 6)) for r in traced_records)
     out["twice"] = sum(n - 1 for n in keys.values() if n > 1)

@@ -103,6 +103,43 @@ def setup(component: str, args: argparse.Namespace) -> Any:
     return logs.get_logger()
 
 
+DEFAULT_BACKLOG = 4096
+"""The listen backlog when ``net.core.somaxconn`` cannot be read (Linux's
+own default since 5.4)."""
+
+
+def default_backlog() -> int:
+    """The most the kernel allows a listener of this namespace to queue:
+    ``net.core.somaxconn``, read in the namespace the process is in (the
+    file resolves against it).  Connections that finished their handshake
+    wait there until accept(); while it is full the kernel drops new SYNs,
+    and a client retries after 1 s, then 3 s… — a burst of thousands of
+    connects needs thousands of places."""
+    try:
+        with open("/proc/sys/net/core/somaxconn") as fh:
+            value = int(fh.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return DEFAULT_BACKLOG
+    return value if value > 0 else DEFAULT_BACKLOG
+
+
+def raise_nofile() -> int:
+    """Raise the soft limit on open files to the hard limit (one descriptor
+    per connection: the usual 1024 is a ceiling on concurrent connections);
+    returns the limit in force."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return int(soft)
+
+
 def errno_name(exc: BaseException) -> str:
     """``ECONNREFUSED`` for a refused connect, ``ETIMEDOUT``…; the class name
     for errors without an errno."""
@@ -137,7 +174,7 @@ CLOSE_WAIT) as the kernel closes them."""
 
 async def lifecycle(
     log: Any,
-    observer: Observer,
+    observer: Observer | None,
     work: Callable[[], Awaitable[None]],
     *,
     observe_for: float | None,
@@ -148,14 +185,19 @@ async def lifecycle(
     passes, and reports what is left; then the sockets the program kept open
     are closed as its exit would close them (``app_close how=exit``) and the
     observer reports what the kernel does with them.  Returns the status:
-    ``ok`` or ``terminated``.  A second SIGTERM stops at once."""
+    ``ok`` or ``terminated``.  A second SIGTERM stops at once.  Without an
+    observer (``--no-observer``) only the work runs and the kept sockets are
+    closed."""
     from daemons.observer import observe_until_quiet
 
     status = "ok"
     async with trio.open_nursery() as nursery:
-        await nursery.start(observer.run)
+        if observer is not None:
+            await nursery.start(observer.run)
         working = trio.CancelScope()
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        # lines are written in batches while SIGTERM is trio's to handle:
+        # every exit from here passes the flush at the end of batched()
+        with trio.open_signal_receiver(signal.SIGTERM) as signals, logs.batched():
 
             async def on_signal() -> None:
                 nonlocal status
@@ -169,7 +211,8 @@ async def lifecycle(
             with working:
                 await work()
             grace = SHUTDOWN_OBSERVE_S if status == "terminated" else observe_for
-            await observe_until_quiet(observer, grace)
+            if observer is not None:
+                await observe_until_quiet(observer, grace)
             closing = list(kept())
             for sock, key in closing:
                 started = time.time()
@@ -180,14 +223,21 @@ async def lifecycle(
                         kind=events.APP_CLOSE,
                         ts=started,
                         returned_ts=time.time(),
-                        conn=observer.tracker.conn(key),
+                        conn=_conn_of(observer, key),
                         how="exit",
                         detail="closed as the program exits",
                     ),
                 )
-            if closing:
+            if closing and observer is not None:
                 with trio.move_on_after(SETTLE_S):
                     await observer.until_gone(key for _sock, key in closing)
                 await observer.poll_once()
             nursery.cancel_scope.cancel()
     return status
+
+
+def _conn_of(observer: Observer | None, key: Key) -> str:
+    # only the server runs without an observer: its sockets are passive
+    if observer is not None:
+        return observer.tracker.conn(key)
+    return events.conn_id(key[2], key[3], key[0], key[1])

@@ -22,12 +22,22 @@ speaks only for what the tracepoint cannot see — request sockets, timewait
 minisocks — and keeps timers up to date.  Without it (compose containers),
 dumps and lookups are the whole story, as ``poll`` and ``inferred`` records.
 
+Under load (thousands of sockets: ``benchmarks/echo_load.py``) the work is
+kept to what changed: a dump is compared with the one before as raw idents
+(set differences), and only new or vanished sockets are decoded and handed
+to the tracker; a dump that took ``c`` waits ``10 c`` before the next one
+(:func:`daemons.statemachine.poll_interval`, at most a quarter second); the
+tracepoint ``→ CLOSE`` is looked up only from states a minisock can follow;
+a server's trace filter keeps its own sockets only, and a read that finds
+many events lets the next ones gather for 2 ms.
+
 The merging is :class:`daemons.statemachine.SocketTracker` (pure); this
 module sleeps, reads and logs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import ipaddress
 import time
@@ -38,12 +48,19 @@ import trio
 
 from daemons import sockdiag
 from daemons.diagsock import DiagSocket
-from daemons.statemachine import Fact, Key, Snapshot, SocketTracker, TraceTransition, merge_dump
+from daemons.dumpdiff import DumpIndex, dump_records, snapshot_of
+from daemons.statemachine import (
+    Fact,
+    Key,
+    Snapshot,
+    SocketTracker,
+    TraceTransition,
+    may_hand_over,
+    poll_interval,
+)
 from tcplab import tracefs
 from tcplab.events import (
     CLOSED,
-    TCP_STATES,
-    TIMERS,
     ObserverStart,
     ObserverStop,
     Record,
@@ -72,16 +89,6 @@ TRACE_EVENTS = (
 )
 
 
-def _snapshot(info: sockdiag.SockInfo) -> Snapshot:
-    return Snapshot(
-        key=(info.src, info.sport, info.dst, info.dport),
-        state=TCP_STATES.get(info.state, f"UNKNOWN_{info.state}"),
-        timer=TIMERS.get(info.timer, str(info.timer)),
-        expires_ms=info.expires_ms if info.timer else None,
-        retrans=info.retrans,
-    )
-
-
 def port_filter(ports: Iterable[int]) -> Callable[[Key], bool]:
     """Sockets with one of ``ports`` at either end."""
     wanted = frozenset(ports)
@@ -99,18 +106,36 @@ def local_filter(host: str, port: int) -> Callable[[Key], bool]:
     return lambda key: key[1] == port and key[0] == host
 
 
-def trace_filters(address: str | None) -> dict[str, str]:
+def trace_filters(address: str | None, local_port: int | None = None) -> dict[str, str]:
     """ftrace filters keeping the events of sockets with ``address`` at one
     end (IPv4; the kernel compares ``__u8 saddr[4]`` as a little-endian u32,
     which is why the number is built that way).  IPv6 addresses cannot be
-    compared in a filter (16 bytes): those are filtered here, by ``match``."""
+    compared in a filter (16 bytes): those are filtered here, by ``match``.
+
+    With ``local_port`` (a listener's), only sockets whose own side is
+    ``address:local_port``: the tracepoints see every namespace, and a
+    server's observer has no use for the events of the client sockets that
+    talk to it — half of what a busy server's ring buffer would carry."""
     filters = {"sock/inet_sock_set_state": "protocol == 6"}
-    if address is None:
+    ip = ipaddress.ip_address(address) if address is not None else None
+    v4 = ip is not None and ip.version == 4 and not ip.is_unspecified
+    number = int.from_bytes(ip.packed, "little") if ip is not None and v4 else 0
+    if local_port is not None:
+        mine = f"sport == {local_port}"
+        if v4:
+            mine = f"sport == {local_port} && (family == 10 || saddr == {number:#x})"
+        elif ip is not None and ip.version == 6 and not ip.is_unspecified:
+            mine = f"sport == {local_port} && family == 10"
+        filters["sock/inet_sock_set_state"] = f"protocol == 6 && {mine}"
+        for name in (
+            "tcp/tcp_retransmit_skb",
+            "tcp/tcp_retransmit_synack",
+            "tcp/tcp_receive_reset",
+        ):
+            filters[name] = mine
         return filters
-    ip = ipaddress.ip_address(address)
-    if ip.version != 4 or ip.is_unspecified:
+    if not v4:
         return filters
-    number = int.from_bytes(ip.packed, "little")
     by_address = f"family == 10 || saddr == {number:#x} || daddr == {number:#x}"
     filters["sock/inet_sock_set_state"] = f"protocol == 6 && ({by_address})"
     for name in ("tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack", "tcp/tcp_receive_reset"):
@@ -118,12 +143,29 @@ def trace_filters(address: str | None) -> dict[str, str]:
     return filters
 
 
+POLL_COST_WINDOW = 4
+"""How many recent polls' costs the back-off looks at (their minimum)."""
+
+TRACE_BUSY = 32
+"""A read of the trace that finds this many events means a busy lab..."""
+TRACE_GATHER_S = 0.002
+"""... and the next read waits this long (the events keep the kernel's time
+stamps: only the line is written a little later)."""
+
+TRACE_BUFFER_KB = 4096
+"""Ring buffer per CPU of the observer's ftrace instance.  A server taking
+thousands of connections at once makes tens of thousands of events while its
+event loop is busy with them; 4 MiB per CPU holds about 50,000 before the
+kernel overwrites any (``trace_lost`` in ``observer_stop``)."""
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class TraceConfig:
-    """The observer's own ftrace instance: its name and its filters."""
+    """The observer's own ftrace instance: its name, filters, buffer size."""
 
     instance: str
     filters: dict[str, str] = dataclasses.field(default_factory=dict)
+    buffer_kb: int = TRACE_BUFFER_KB
 
 
 class WallClock:
@@ -178,32 +220,41 @@ class Observer:
         self.polls = 0
         self.lookups = 0
         self.trace_events = 0
-        self._changed = trio.Event()
+        self._changed: trio.Event | None = None
+        """Set at the next change; made only when someone waits for one."""
         self._lookup_sock: DiagSocket | None = None
         self._dump_sock: DiagSocket | None = None
         self._tracer: tracefs.Instance | None = None
         self._clock = WallClock()
         self._dump_lock = trio.Lock()
         self._dump_cost = 0.0
+        self._poll_cost = 0.0
         self._last_dump: float | None = None
-        # the fast path: each raw ident decoded once (None: a socket we do
-        # not watch); the previous dump's idents; each key's ident and timer
-        self._cache: dict[sockdiag.Ident, Snapshot | None] = {}
-        self._idents: dict[sockdiag.Ident, int] = {}
+        # the last dump: its watched sockets (only what changed is decoded),
+        # each ident's timer expiry and when the dump was answered
+        self._index = DumpIndex(self.match)
         self._expires: dict[sockdiag.Ident, int] = {}
         self._expires_at = 0.0
-        self._ident_of: dict[Key, sockdiag.Ident] = {}
 
     # --- what the owner tells us ------------------------------------------------
 
-    def note(self, key: Key, *facts: Fact) -> None:
+    def note(self, key: Key, *facts: Fact, look: bool = True) -> None:
         """The program just did something to socket ``key`` (and so knows
         ``facts``).  Without the tracepoint, look that one socket up now, so
         the state the action caused is seen while it lasts; with it, the
-        tracepoint has already said."""
+        tracepoint has already said.  ``look=False``: the program is about
+        to act on the socket again at once (read EOF, then close) and will
+        say so; one look after both tells what both did.  Without facts (an
+        accept) there is no look either when the socket is already known to
+        be ESTABLISHED: the call changed nothing."""
         for fact in facts:
             self.tracker.note(key, fact)
-        if self._tracer is None and self._lookup_sock is not None:
+        if not facts and self.tracker.state_of(key) == "ESTABLISHED":
+            # accept() of a connection a dump already saw established: the
+            # call changed nothing, there is nothing new to look at (under a
+            # burst the dumps see most of the accept queue first)
+            return
+        if look and self._tracer is None and self._lookup_sock is not None:
             self.lookup(key)
 
     def connecting(self, key: Key) -> None:
@@ -222,7 +273,7 @@ class Observer:
         info = self._lookup_sock.lookup(key)
         now = time.time()
         self.lookups += 1
-        snap = _snapshot(info) if info is not None else None
+        snap = snapshot_of(info) if info is not None else None
         records = self.tracker.lookup(
             key, snap, now, self._last_dump or seen_after, started=seen_after
         )
@@ -247,7 +298,12 @@ class Observer:
             else:
                 started, now, current = self._dump_blocking()
             self._dump_cost = now - started
-            return self._diff(started, now, current)
+            diffing = time.perf_counter()
+            records = self._diff(started, now, current)
+            # what this poll itself cost (dump and diff), not the time other
+            # tasks ran while it waited for the lock or the thread
+            self._poll_cost = self._dump_cost + (time.perf_counter() - diffing)
+            return records
 
     def poll_sync(self) -> list[TcpState]:
         """A dump on the calling thread (for the first one, before the loop runs)."""
@@ -266,38 +322,19 @@ class Observer:
         self.polls += 1
         self._expires = current
         self._expires_at = now
-        if current.keys() == self._idents.keys():
-            return []
-        cache = self._cache
-        found: list[Snapshot] = []
-        idents: dict[Key, sockdiag.Ident] = {}
-        for ident, expires in current.items():
-            if ident in cache:
-                snap = cache[ident]
-            else:
-                info = sockdiag.decode_ident(ident, expires)
-                snap = _snapshot(info)
-                if not self.match(snap.key):
-                    snap = None
-                cache[ident] = snap
-            if snap is not None:
-                found.append(snap)
-                idents[snap.key] = ident
-        snapshot = merge_dump(found)
-        self._idents = current
-        self._ident_of = {key: idents[key] for key in snapshot}
-        if len(cache) > 2 * len(current) + 1024:
-            self._cache = {ident: cache[ident] for ident in current}
-        records = self.tracker.update(snapshot, now, seen_after, started=started)
+        records = dump_records(self.tracker, self._index, current, now, seen_after, started=started)
         self._log(records)
         return records
 
-    def drain_trace(self) -> None:
-        """Read and report every trace event waiting in the ring buffer."""
+    def drain_trace(self) -> int:
+        """Read and report every trace event waiting in the ring buffer;
+        how many there were."""
         if self._tracer is None:
-            return
-        for event in self._tracer.read_available():
+            return 0
+        found = self._tracer.read_available()
+        for event in found:
             self._on_trace(event)
+        return len(found)
 
     def _on_trace(self, event: TraceEvent) -> None:
         key: Key = (event.saddr, event.sport, event.daddr, event.dport)
@@ -305,23 +342,30 @@ class Observer:
             return
         self.trace_events += 1
         ts = self._clock.wall(event.ts_ns)
-        local = endpoint(event.saddr, event.sport)
         records: list[Record] = []
         if event.kind == "set_state":
             if event.oldstate is None or event.newstate is None:
                 return
             new = state_name(event.newstate)
+            old = state_name(event.oldstate)
             successor: Snapshot | None = None
             looked_up: float | None = None
-            if new == CLOSED and key[1] and key[3] and self._lookup_sock is not None:
+            if (
+                new == CLOSED
+                and may_hand_over(old)
+                and key[1]
+                and key[3]
+                and self._lookup_sock is not None
+            ):
                 # a minisock takes over before the full socket closes: is there one?
                 info = self._lookup_sock.lookup(key)
                 looked_up = time.time()
                 self.lookups += 1
-                successor = _snapshot(info) if info is not None else None
-            transition = TraceTransition(key, event.skaddr, state_name(event.oldstate), new, ts)
+                successor = snapshot_of(info) if info is not None else None
+            transition = TraceTransition(key, event.skaddr, old, new, ts)
             records.extend(self.tracker.trace(transition, successor, looked_up))
         elif event.kind in ("retransmit", "retransmit_synack"):
+            local = endpoint(event.saddr, event.sport)
             records.append(
                 TcpRetransmit(
                     ts=ts,
@@ -332,6 +376,7 @@ class Observer:
                 )
             )
         elif event.kind in ("send_reset", "receive_reset"):
+            local = endpoint(event.saddr, event.sport)
             records.append(
                 TcpReset(
                     ts=ts,
@@ -349,15 +394,15 @@ class Observer:
         for record in records:
             emit(self.log, record)
             changed = True
-        if changed:
+        if changed and self._changed is not None:
             self._changed.set()
-            self._changed = trio.Event()
+            self._changed = None
 
     # --- views ----------------------------------------------------------------------
 
     def expires_ms(self, key: Key) -> int | None:
         """What is left of ``key``'s timer now (TIME_WAIT: of its 60 s)."""
-        ident = self._ident_of.get(key)
+        ident = self._index.ident_of(key)
         expires = self._expires.get(ident) if ident is not None else None
         if expires is None:
             return None
@@ -383,7 +428,11 @@ class Observer:
             return reason
         try:
             self._tracer = tracefs.Instance.create(
-                config.instance, events=TRACE_EVENTS, filters=config.filters, clock="mono"
+                config.instance,
+                events=TRACE_EVENTS,
+                filters=config.filters,
+                clock="mono",
+                buffer_kb=config.buffer_kb,
             )
         except OSError as exc:
             return f"cannot open ftrace instance {config.instance}: {exc}"
@@ -415,9 +464,16 @@ class Observer:
                     for fd in self._tracer.fds:
                         nursery.start_soon(self._watch_fd, fd)
                 task_status.started()
+                pause = self.interval
+                recent: collections.deque[float] = collections.deque(maxlen=POLL_COST_WINDOW)
                 while True:
-                    await trio.sleep(self.interval)
+                    await trio.sleep(pause)
                     await self.poll_once()
+                    # thousands of sockets make a dump dear: poll less often.
+                    # The cheapest of the last few polls: a poll preempted
+                    # once (another process, a GC pass) is not a dear dump
+                    recent.append(self._poll_cost)
+                    pause = poll_interval(self.interval, min(recent))
         finally:
             for sock in (self._lookup_sock, self._dump_sock):
                 if sock is not None:
@@ -427,24 +483,32 @@ class Observer:
                 self._tracer.remove()
 
     async def _watch_fd(self, fd: int) -> None:
-        """Report trace events as soon as one CPU's ring buffer has some."""
+        """Report trace events as soon as one CPU's ring buffer has some.
+        When a read finds many (a burst of connections), let the next ones
+        gather for :data:`TRACE_GATHER_S` first: one read of a full page
+        instead of a read, and a wake-up, every few events."""
         while True:
             await trio.lowlevel.wait_readable(fd)
-            self.drain_trace()
-            await trio.lowlevel.checkpoint()
+            if self.drain_trace() >= TRACE_BUSY:
+                await trio.sleep(TRACE_GATHER_S)
+            else:
+                await trio.lowlevel.checkpoint()
 
     async def until_gone(self, keys: Iterable[Key]) -> None:
         """Return once none of ``keys`` is alive (the caller sets a deadline)."""
         wanted = set(keys)
         while wanted & self.live.keys():
-            changed = self._changed
-            await changed.wait()
+            await self._next_change()
 
     async def wait_quiet(self, *, ignore_listeners: bool = True) -> None:
         """Return once no watched socket is left (listeners aside)."""
         while any(k[3] != 0 or not ignore_listeners for k in self.live):
-            changed = self._changed
-            await changed.wait()
+            await self._next_change()
+
+    async def _next_change(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
+        await self._changed.wait()
 
     def remaining(self) -> list[dict[str, Any]]:
         """Sockets still alive, with their state and timer (TIME_WAIT: ms left)."""

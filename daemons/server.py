@@ -22,13 +22,20 @@ data flowing from CLOSE_WAIT, the reason a teardown needs four segments.
 
 The server survives clients that reset, vanish (``--idle-timeout``) or send
 garbage (lines over ``--max-message`` bytes end the connection with an
-``app_error``).  The observer runs beside it for the listening port.
+``app_error``).  The observer runs beside it for the listening port
+(``--no-observer``: the echo server alone, to measure what observing costs).
+
+Thousands of clients at once (``benchmarks/echo_load.py``): the listen
+backlog is the namespace's ``net.core.somaxconn`` unless ``--backlog`` says
+otherwise (with 128, a burst of connects overflows the accept queue, the
+kernel drops SYNs and the clients retry after 1 s, 3 s…); each time the
+listener is readable everything waiting is accepted; the open-files limit is
+raised to its hard limit; the event lines are written in batches.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import socket
 import sys
 import time
@@ -38,33 +45,10 @@ import trio
 
 from daemons import common
 from daemons.observer import Observer, TraceConfig, local_filter, trace_filters
+from daemons.policies import ClosePolicy
+from daemons.statemachine import Fact
 from tcplab import events
 from tcplab.events import App, DaemonDone, DaemonReady, emit
-
-POLICY_NAMES = ("immediate", "linger", "never", "abort", "first", "half")
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class ClosePolicy:
-    kind: str
-    linger_s: float = 0.0
-    after_messages: int = 1
-
-    @classmethod
-    def parse(cls, text: str) -> ClosePolicy:
-        kind, _, arg = text.partition(":")
-        if kind not in POLICY_NAMES:
-            raise ValueError(f"unknown close policy {kind!r} (one of: {', '.join(POLICY_NAMES)})")
-        if kind == "linger":
-            if not arg:
-                raise ValueError("linger needs a duration: linger:2s")
-            return cls(kind, linger_s=common.duration(arg))
-        if kind in ("first", "half"):
-            # N = 0: at once, before any message
-            return cls(kind, after_messages=common.count(arg) if arg else 1)
-        if arg:
-            raise ValueError(f"close policy {kind!r} takes no argument (got {text!r})")
-        return cls(kind)
 
 
 def close_policy(text: str) -> ClosePolicy:
@@ -119,32 +103,36 @@ class Server:
         self.args = args
         self.log = log
         self.policy: ClosePolicy = args.close
-        self.leaked: list[tuple[trio.socket.SocketType, common.Key]] = []
+        self.leaked: list[tuple[socket.socket, common.Key]] = []
         self.handled = 0
         self.done = trio.Event()
         host, port = args.listen
-        self.observer = Observer(
-            log,
-            match=local_filter(host, port),
-            passive_ports=[port],
-            interval=args.observe_interval,
-            trace=TraceConfig(args.trace, trace_filters(host)) if args.trace else None,
-        )
+        self.observer: Observer | None = None
+        if getattr(args, "observer", True):
+            self.observer = Observer(
+                log,
+                match=local_filter(host, port),
+                passive_ports=[port],
+                interval=args.observe_interval,
+                trace=TraceConfig(args.trace, trace_filters(host, port)) if args.trace else None,
+            )
 
-    def kept(self) -> list[tuple[trio.socket.SocketType, common.Key]]:
+    def kept(self) -> list[tuple[socket.socket, common.Key]]:
         """The connections the ``never`` policy kept open."""
         return list(self.leaked)
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         host, port = self.args.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = trio.socket.socket(family, socket.SOCK_STREAM)
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        listener.setblocking(False)
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         local = events.endpoint(host, port)
         started = time.time()
         try:
-            await listener.bind((host, port))
+            listener.bind((host, port))
         except OSError as exc:
+            listener.close()
             emit(
                 self.log,
                 App(
@@ -157,8 +145,9 @@ class Server:
                 ),
             )
             raise SystemExit(1) from None
+        backlog = self.args.backlog or common.default_backlog()
         started = time.time()
-        listener.listen(self.args.backlog)
+        listener.listen(backlog)
         emit(
             self.log,
             App(
@@ -166,16 +155,13 @@ class Server:
                 ts=started,
                 returned_ts=time.time(),
                 local=local,
-                backlog=self.args.backlog,
+                backlog=backlog,
             ),
         )
         task_status.started()
         async with trio.open_nursery() as nursery:
             try:
-                while self.args.max_conns is None or self.handled < self.args.max_conns:
-                    conn, peer = await listener.accept()
-                    self.handled += 1
-                    nursery.start_soon(self.handle, conn, peer, time.time())
+                await self._accept_all(listener, backlog, nursery)
             finally:
                 started = time.time()
                 listener.close()
@@ -191,9 +177,42 @@ class Server:
                 )
         self.done.set()
 
-    async def handle(
-        self, sock: trio.socket.SocketType, peer: tuple[str, int], accepted: float
-    ) -> None:
+    async def _accept_all(self, listener: socket.socket, burst: int, nursery: trio.Nursery) -> None:
+        """Accept until ``--max-conns``.  Each time the listener is readable,
+        everything waiting is taken off the accept queue (up to ``burst``
+        before letting other tasks run), one task per connection: with
+        thousands of tasks busy, accepting one connection per turn of the
+        event loop would leave the queue full and the kernel dropping SYNs.
+        A failed accept() is logged; out of descriptors, the server waits a
+        moment instead of spinning."""
+        limit = self.args.max_conns
+        taken = 0
+        while limit is None or self.handled < limit:
+            try:
+                conn, peer = listener.accept()
+            except BlockingIOError:
+                taken = 0
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            except OSError as exc:
+                name = common.errno_name(exc)
+                _error(self.log, None, "accept", name, str(exc))
+                await trio.sleep(ACCEPT_PAUSE_S if name in _NO_RESOURCES else 0)
+                continue
+            accepted = time.time()
+            conn.setblocking(False)
+            self.handled += 1
+            nursery.start_soon(self.handle, conn, peer, accepted)
+            taken += 1
+            if taken >= burst:
+                taken = 0
+                await trio.lowlevel.checkpoint()
+
+    async def handle(self, sock: socket.socket, peer: tuple[str, int], accepted: float) -> None:
+        """One connection, on its non-blocking socket (the calls that find
+        their data waiting return at once; the rest wait for the kernel to
+        say the socket is ready, which is where cancellation and the idle
+        timeout come in)."""
         # The peer may already have reset the connection (getpeername would
         # fail): take its address from accept().
         local = sock.getsockname()
@@ -201,11 +220,13 @@ class Server:
         conn = events.conn_id(peer[0], peer[1], local[0], local[1])
         log = self.log
         emit(log, App(kind=events.APP_ACCEPT, ts=accepted, conn=conn))
-        self.observer.note(key)
+        self._note(key)
         reader = LineReader(self.args.max_message)
         echoed = 0
         policy = self.policy
+        closes_at_once = policy.kind in ("immediate", "abort") and self.args.farewell is None
         keep = False
+        reset = False
         try:
             with trio.fail_after(self.args.idle_timeout) as idle:
                 # first:0 and half:0 act before the first message
@@ -214,7 +235,7 @@ class Server:
                 if policy.kind == "half" and policy.after_messages == 0:
                     self._shutdown(sock, key, log, conn)
                 while True:
-                    data = await sock.recv(65536)
+                    data = await _recv(sock)
                     received = time.time()
                     idle.deadline = trio.current_time() + self.args.idle_timeout
                     if not data:
@@ -222,7 +243,9 @@ class Server:
                             log,
                             App(kind=events.APP_RECV, ts=received, conn=conn, bytes=0, eof=True),
                         )
-                        self.observer.note(key, "rcv_fin")
+                        # closing at once: the look at the socket after
+                        # close() will say it all (CLOSE_WAIT then implied)
+                        self._note(key, "rcv_fin", look=not closes_at_once)
                         break
                     emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=len(data)))
                     for line in reader.feed(data):
@@ -263,13 +286,19 @@ class Server:
         except OSError as exc:
             name = common.errno_name(exc)
             if name in ("ECONNRESET", "EPIPE"):
-                self.observer.note(key, "reset")
+                # the connection is gone; the close below looks, once
+                reset = True
+                self._note(key, "reset", look=False)
             _error(log, conn, "io", name, str(exc))
         finally:
             if not keep:
-                self._close(sock, key, log, conn)
+                self._close(sock, key, log, conn, reset=reset)
 
-    def _shutdown(self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str) -> None:
+    def _note(self, key: common.Key, *facts: Fact, look: bool = True) -> None:
+        if self.observer is not None:
+            self.observer.note(key, *facts, look=look)
+
+    def _shutdown(self, sock: socket.socket, key: common.Key, log: Any, conn: str) -> None:
         """Shut down writing: our FIN, and we go on reading."""
         started = time.time()
         sock.shutdown(socket.SHUT_WR)
@@ -283,9 +312,13 @@ class Server:
                 how="write",
             ),
         )
-        self.observer.note(key, "snd_fin")
+        self._note(key, "snd_fin")
 
-    def _close(self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str) -> None:
+    def _close(
+        self, sock: socket.socket, key: common.Key, log: Any, conn: str, *, reset: bool = False
+    ) -> None:
+        """Close (abortively under ``abort``); after a reset the kernel has
+        closed the connection already, and close() sends nothing."""
         abort = self.policy.kind == "abort"
         if abort:
             common.set_abortive_close(sock)
@@ -301,25 +334,63 @@ class Server:
                 how="abort" if abort else "close",
             ),
         )
-        if abort:
-            self.observer.note(key, "reset", "closed")
+        if abort or reset:
+            self._note(key, "reset", "closed")
         else:
-            self.observer.note(key, "snd_fin", "closed")
+            self._note(key, "snd_fin", "closed")
 
 
 class _CloseFirst(Exception):
     """The policy says: close now, before the client does."""
 
 
-async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
+ACCEPT_PAUSE_S = 0.1
+"""After accept() failed for want of descriptors or memory: wait this long."""
+_NO_RESOURCES = frozenset({"EMFILE", "ENFILE", "ENOBUFS", "ENOMEM"})
+
+
+async def _recv(sock: socket.socket, size: int = 65536) -> bytes:
+    """recv() on a non-blocking socket: wait until the kernel says it is
+    readable (a checkpoint: cancellation, the idle timeout), unless data
+    was waiting already — then one checkpoint after it, so a client that
+    keeps sending cannot starve the others.  (trio's own socket takes two
+    trips through the scheduler per call, whether it waits or not.)"""
+    waited = False
+    while True:
+        try:
+            data = sock.recv(size)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+            waited = True
+            continue
+        if not waited:
+            await trio.lowlevel.checkpoint()
+        return data
+
+
+async def _sendall(sock: trio.socket.SocketType | socket.socket, data: bytes) -> None:
     view = memoryview(data)
+    if isinstance(sock, socket.socket):
+        # a plain non-blocking socket: send what fits, wait for room for the rest
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
+        return
     while view:
         sent = await sock.send(view)
         view = view[sent:]
 
 
 async def _send_logged(
-    sock: trio.socket.SocketType, data: bytes, log: Any, conn: str, farewell: bool | None = None
+    sock: trio.socket.SocketType | socket.socket,
+    data: bytes,
+    log: Any,
+    conn: str,
+    farewell: bool | None = None,
 ) -> None:
     """Send all of ``data``; log ``app_send`` stamped before the call."""
     started = time.time()
@@ -375,7 +446,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="BYTES",
         help="longest line accepted (default 65536)",
     )
-    parser.add_argument("--backlog", type=common.positive_int, default=128)
+    parser.add_argument(
+        "--backlog",
+        type=common.positive_int,
+        default=None,
+        metavar="N",
+        help="listen backlog (default: the namespace's net.core.somaxconn, the most the "
+        f"kernel allows; {common.DEFAULT_BACKLOG} when it cannot be read)",
+    )
+    parser.add_argument(
+        "--no-observer",
+        dest="observer",
+        action="store_false",
+        help="do not observe socket states (no tcp_state records, no sock_diag, no "
+        "tracepoints): the echo server alone, for measuring what observing costs",
+    )
     parser.add_argument(
         "--farewell",
         default=None,
@@ -410,6 +495,7 @@ async def amain(args: argparse.Namespace, log: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     log = common.setup("server", args)
+    common.raise_nofile()
     try:
         return trio.run(amain, args, log)
     except KeyboardInterrupt:

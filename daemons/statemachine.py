@@ -38,6 +38,8 @@ sent a FIN (``snd_fin``); it got ECONNRESET or aborted with SO_LINGER 0
 (``reset``); it closed its descriptor (``closed``).  While the owner still
 holds the socket, it would have seen a reset (ECONNRESET), so without a
 ``reset`` fact paths that end the connection by RST are not considered.
+Their order counts too: EOF read before the owner's own FIN went out means
+the FIN left from CLOSE_WAIT, so LAST_ACK was passed (``fin_after_peer``).
 Once the owner has closed it (an orphan: nobody is left to see a RST), and
 for sockets nobody vouches for (``tcplab watch``), every path is.
 
@@ -50,13 +52,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, KeysView, Mapping
 from typing import Literal
 
 from tcplab.events import CLOSED, SockKind, TcpState, conn_id, endpoint
 
 Fact = Literal["rcv_fin", "snd_fin", "reset", "closed"]
 FACTS: tuple[Fact, ...] = ("rcv_fin", "snd_fin", "reset", "closed")
+Known = Literal["rcv_fin", "snd_fin", "reset", "closed", "fin_after_peer"]
+"""What is known about a socket: the owner's facts, and what their order
+implies — ``fin_after_peer``: the owner read the peer's FIN (EOF) before it
+first sent its own, so when it sent it the socket was in CLOSE_WAIT and went
+to LAST_ACK (it cannot have been FIN_WAIT1: the peer's FIN was in)."""
 Key = tuple[str, int, str, int]
 """(local address, local port, remote address, remote port)."""
 
@@ -92,14 +99,46 @@ EDGES: tuple[tuple[str, str, str], ...] = (
 )
 
 # Which states a socket must have passed through for a fact to hold.
-_FACT_STATES: dict[Fact, frozenset[str]] = {
+_FACT_STATES: dict[Known, frozenset[str]] = {
     "rcv_fin": frozenset({"CLOSE_WAIT", "LAST_ACK", "CLOSING", "TIME_WAIT"}),
     "snd_fin": frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "TIME_WAIT", "LAST_ACK"}),
+    "fin_after_peer": frozenset({"LAST_ACK"}),
 }
 
 MAX_PATH = 6
+
+HAND_OVER_FROM = frozenset({"FIN_WAIT1", "FIN_WAIT2", "CLOSING", "TIME_WAIT"})
+"""States a full socket can leave for a timewait minisock (``tcp_time_wait``
+runs from FIN_WAIT2, when the peer's FIN or the orphan's close arrives, and
+from CLOSING; FIN_WAIT1 and TIME_WAIT for good measure).  From any other
+state a ``→ CLOSE`` is the connection's end: no exact lookup is needed."""
+
+
+def may_hand_over(old: str) -> bool:
+    """Whether a full socket's ``old → CLOSED`` may be a hand-over to a
+    timewait minisock (the observer then looks the four-tuple up)."""
+    return old in HAND_OVER_FROM
+
+
+POLL_DUTY = 10.0
+"""A poll that took ``c`` seconds waits at least ``POLL_DUTY × c`` before the
+next one: at most about a tenth of the time goes to polling."""
+MAX_POLL_INTERVAL = 0.25
+"""However dear polls get, one every quarter second (TIME_WAIT, request
+sockets that linger, timers stay visible)."""
+
+
+def poll_interval(base: float, cost: float) -> float:
+    """The pause before the next sock_diag dump, given the configured
+    interval ``base`` and what the last poll cost (wall time, seconds).
+    Cheap polls (a lab's handful of sockets: ~0.1 ms) keep ``base``; a
+    dump of thousands of sockets backs off, never beyond
+    :data:`MAX_POLL_INTERVAL` (nor below ``base``)."""
+    return max(base, min(MAX_POLL_INTERVAL, cost * POLL_DUTY))
+
+
 MAX_CONNECTING = 4096
-MAX_CLOSED = 4096
+MAX_CLOSED = 65536
 """Connects waiting for their portless trace event; more means the trace is
 not keeping up, and the oldest are forgotten (a poll reports them)."""
 
@@ -122,7 +161,7 @@ def candidate_paths(
     new: str,
     *,
     role: str | None = None,
-    facts: frozenset[Fact] = frozenset(),
+    facts: frozenset[Known] = frozenset(),
     history: frozenset[str] = frozenset(),
     vouched: bool = False,
 ) -> list[list[str]]:
@@ -137,7 +176,7 @@ def _search(
     old: str,
     new: str,
     role: str | None,
-    facts: frozenset[Fact],
+    facts: frozenset[Known],
     history: frozenset[str],
     vouched: bool,
 ) -> tuple[tuple[str, ...], ...]:
@@ -151,7 +190,10 @@ def _search(
     needs = [
         states
         for fact, states in _FACT_STATES.items()
-        if fact in facts and not (states & (history | {old}))
+        if fact in facts
+        and not (states & (history | {old}))
+        # a reset may have ended it before our FIN went out
+        and not (fact == "fin_after_peer" and "reset" in facts)
     ]
     best: list[list[str]] = []
     frontier: list[tuple[list[str], str | None]] = [([old], None)]
@@ -173,7 +215,7 @@ def _search(
     return ()
 
 
-def _prefer_reset(paths: list[list[str]], facts: frozenset[Fact]) -> list[list[str]]:
+def _prefer_reset(paths: list[list[str]], facts: frozenset[Known]) -> list[list[str]]:
     # With a reset on record, a path that ends by RST explains the jump with
     # fewer assumptions than one that ends by a graceful close.
     if "reset" not in facts:
@@ -187,6 +229,22 @@ def _kind(src: str, dst: str) -> str | None:
         if a == src and b == dst:
             return kind
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _implied(
+    old: str,
+    new: str,
+    role: str | None,
+    facts: frozenset[Known],
+    history: frozenset[str],
+    vouched: bool,
+) -> tuple[str | None, ...]:
+    """``implied_states(candidate_paths(...))``, memoized: a poll that finds
+    thousands of sockets gone asks the same question thousands of times."""
+    return tuple(
+        implied_states([list(p) for p in _search(old, new, role, facts, history, vouched)])
+    )
 
 
 def implied_states(paths: list[list[str]]) -> list[str | None]:
@@ -278,7 +336,7 @@ class _Tracked:
     since: float | None  # when it entered this state (None: not known)
     history: set[str]
     role: str | None
-    facts: set[Fact]
+    facts: set[Known]
     last: Snapshot | None
     owner: Literal["trace", "poll"] = "poll"
     changed_at: float = float("-inf")
@@ -322,11 +380,14 @@ class SocketTracker:
         self.vouched = vouched
         self.traced = traced
         self._socks: dict[Key, _Tracked] = {}
-        self._pending_facts: dict[Key, set[Fact]] = {}
+        self._pending_facts: dict[Key, set[Known]] = {}
         self._portless: dict[int, _Pending] = {}
         self._closed_at: dict[Key, float] = {}
         """Sockets the trace saw close, and when: a dump begun before that may
-        still list them (bounded: :data:`MAX_CLOSED`, oldest forgotten)."""
+        still list them.  Forgotten once a dump begun after the close has
+        been taken in (no later dump can list it), and beyond
+        :data:`MAX_CLOSED`, oldest first: a burst of thousands of closes
+        while one slow dump is under way must not be forgotten before it."""
         self._linked: dict[int, Key] = {}
         """Portless sockets already tied to their four-tuple, by address."""
         self._connecting: list[Key] = []
@@ -359,10 +420,10 @@ class SocketTracker:
         if fact not in FACTS:
             raise ValueError(f"unknown fact {fact!r}")
         tracked = self._socks.get(key)
-        if tracked is not None:
-            tracked.facts.add(fact)
-        else:
-            self._pending_facts.setdefault(key, set()).add(fact)
+        facts = tracked.facts if tracked else self._pending_facts.setdefault(key, set())
+        if fact == "snd_fin" and "rcv_fin" in facts and "snd_fin" not in facts:
+            facts.add("fin_after_peer")
+        facts.add(fact)
 
     def connecting(self, key: Key) -> list[TcpState]:
         """The owner just called connect() on ``key`` (it knows the port the
@@ -386,6 +447,11 @@ class SocketTracker:
     def live(self) -> dict[Key, str]:
         """Sockets currently known, and their state."""
         return {k: t.state for k, t in self._socks.items()}
+
+    def state_of(self, key: Key) -> str | None:
+        """The state ``key`` is known to be in (None: not tracked)."""
+        tracked = self._socks.get(key)
+        return tracked.state if tracked is not None else None
 
     def snapshot_of(self, key: Key) -> Snapshot | None:
         tracked = self._socks.get(key)
@@ -549,17 +615,39 @@ class SocketTracker:
         track), finished at ``now`` and begun at ``started``; the dump before
         it began at ``seen_after``.  A socket the trace changed after this
         dump began is left alone: the dump may show its state before."""
+        missing = [k for k in self._socks if k not in snapshot]
+        return self.update_changed(snapshot, missing, now, seen_after, started=started)
+
+    def update_changed(
+        self,
+        changed: Mapping[Key, Snapshot],
+        missing: Iterable[Key],
+        now: float,
+        seen_after: float | None = None,
+        *,
+        started: float | None = None,
+    ) -> list[TcpState]:
+        """One dump, by its differences: ``changed`` the sockets whose entry
+        is not what the dump before showed, ``missing`` the known sockets
+        this dump does not list.  A socket whose entry did not change has
+        nothing new to say (what :meth:`update` would find for it).  So a
+        dump of thousands of sockets costs what changed, not what exists."""
         begun = started if started is not None else now
         out: list[TcpState] = []
-        for key, snap in snapshot.items():
+        for key, snap in changed.items():
             if self._newer(key, begun):
                 continue
             out += self._seen(key, snap, now, seen_after)
-        for key in [k for k in self._socks if k not in snapshot]:
+        for key in missing:
             if self._newer(key, begun):
                 continue
             out += self._gone(key, now, seen_after)
+        self._forget_closed_before(begun)
         return out
+
+    def known(self) -> KeysView[Key]:
+        """The sockets tracked now (a live view)."""
+        return self._socks.keys()
 
     def _newer(self, key: Key, begun: float) -> bool:
         tracked = self._socks.get(key)
@@ -592,9 +680,20 @@ class SocketTracker:
         return out
 
     def _remember_closed(self, key: Key, ts: float) -> None:
+        self._closed_at.pop(key, None)  # kept in order of closing
         self._closed_at[key] = ts
         if len(self._closed_at) > MAX_CLOSED:
             del self._closed_at[next(iter(self._closed_at))]
+
+    def _forget_closed_before(self, begun: float) -> None:
+        """Closes before a dump that began at ``begun`` and was taken in:
+        dumps are made one after the other, so no later one can list them."""
+        closed = self._closed_at
+        while closed:
+            first = next(iter(closed))
+            if closed[first] >= begun:
+                break
+            del closed[first]
 
     def _seen(
         self, key: Key, snap: Snapshot, now: float, seen_after: float | None
@@ -656,15 +755,14 @@ class SocketTracker:
         seen_after: float | None,
     ) -> list[TcpState]:
         old = tracked.state
-        paths = candidate_paths(
+        middle = _implied(
             old,
             new,
-            role=tracked.role,
-            facts=frozenset(tracked.facts),
-            history=frozenset(tracked.history),
-            vouched=self.vouched,
+            tracked.role,
+            frozenset(tracked.facts),
+            frozenset(tracked.history),
+            self.vouched,
         )
-        middle = implied_states(paths)
         conn = self.conn_of(key, tracked.role or "listener")
         local = endpoint(key[0], key[1])
         out: list[TcpState] = []

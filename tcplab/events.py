@@ -601,23 +601,40 @@ def _fields_of(cls: type[Record]) -> tuple[frozenset[str], frozenset[str]]:
     return init, _TUPLE_FIELDS[cls]
 
 
+_LINE_FIELDS: dict[type[Record], tuple[str, ...]] = {}
+_PLAIN = (str, int, float, bool)
+
+
+def _line_fields(cls: type[Record]) -> tuple[str, ...]:
+    """The fields a line carries after ts, component and event (cached: a
+    busy daemon writes thousands of lines a second)."""
+    names = _LINE_FIELDS.get(cls)
+    if names is None:
+        names = tuple(
+            f.name for f in dataclasses.fields(cls) if f.name not in ("ts", "component", "kind")
+        )
+        _LINE_FIELDS[cls] = names
+    return names
+
+
 def to_fields(record: Record) -> dict[str, Any]:
     """The line's fields: ``ts``, ``component``, ``event`` first, None left out."""
     out: dict[str, Any] = {"ts": record.ts}
     if record.component:
         out["component"] = record.component
     out["event"] = record.event
-    for f in dataclasses.fields(record):
-        if f.name in ("ts", "component", "kind"):
-            continue
-        value = getattr(record, f.name)
+    for name in _line_fields(type(record)):
+        value = getattr(record, name)
         if value is None:
             continue
-        if isinstance(value, tuple):
-            value = [dict(v) if isinstance(v, Mapping) else v for v in value]
+        if type(value) in _PLAIN:
+            out[name] = value
+        elif isinstance(value, tuple):
+            out[name] = [dict(v) if isinstance(v, Mapping) else v for v in value]
         elif isinstance(value, Mapping):
-            value = dict(value)
-        out[f.name] = value
+            out[name] = dict(value)
+        else:
+            out[name] = value
     return out
 
 

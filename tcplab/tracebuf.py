@@ -87,6 +87,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Mapping
 from typing import Final, Literal
 
@@ -645,11 +646,11 @@ class Decoder:
             )
         family = num("family")
         if family == AF_INET:
-            saddr = str(ipaddress.IPv4Address(raw_bytes("saddr")))
-            daddr = str(ipaddress.IPv4Address(raw_bytes("daddr")))
+            saddr = address_text(raw_bytes("saddr"))
+            daddr = address_text(raw_bytes("daddr"))
         elif family == AF_INET6:
-            saddr = str(ipaddress.IPv6Address(raw_bytes("saddr_v6")))
-            daddr = str(ipaddress.IPv6Address(raw_bytes("daddr_v6")))
+            saddr = address_text(raw_bytes("saddr_v6"))
+            daddr = address_text(raw_bytes("daddr_v6"))
         else:
             saddr = daddr = ""
         protocol = IPPROTO_TCP
@@ -692,10 +693,26 @@ def _sockaddr(raw: bytes) -> tuple[int, int, str]:
     family = int.from_bytes(raw[0:2], "little")
     port = int.from_bytes(raw[2:4], "big")
     if family == AF_INET:
-        return family, port, str(ipaddress.IPv4Address(raw[4:8]))
+        return family, port, address_text(raw[4:8])
     if family == AF_INET6 and len(raw) >= 24:
-        return family, port, str(ipaddress.IPv6Address(raw[8:24]))
+        return family, port, address_text(raw[8:24])
     return 0, 0, ""
+
+
+_ADDRESS_CACHE: dict[bytes, str] = {}
+_ADDRESS_CACHE_MAX = 4096
+
+
+def address_text(raw: bytes) -> str:
+    """4 or 16 address bytes as text; the few addresses of a lab come again
+    and again, so they are remembered (a bounded cache)."""
+    text = _ADDRESS_CACHE.get(raw)
+    if text is None:
+        family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+        text = socket.inet_ntop(family, raw)
+        if len(_ADDRESS_CACHE) < _ADDRESS_CACHE_MAX:
+            _ADDRESS_CACHE[raw] = text
+    return text
 
 
 def merge(events: Iterable[TraceEvent]) -> list[TraceEvent]:

@@ -339,3 +339,37 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
     assert {"EMSGSIZE", "idle"} <= errors, errors
     accepts = [r for r in apps if r.kind == events.APP_ACCEPT]
     assert len(accepts) == 4
+
+
+SERVER_PATH = ["CLOSED", "SYN_RECV", "ESTABLISHED", "CLOSE_WAIT", "LAST_ACK", "CLOSED"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trace", SOURCES)
+async def test_hundreds_of_connections_at_once_every_state_reported(trace: bool) -> None:
+    """Three hundred clients at once through the lab: none fails, and the
+    server's observer reports every state of every connection's socket
+    (with polling alone some are inferred — from the server's own facts:
+    EOF read, then its close — never skipped).  No timing is asserted: the
+    speed is the benchmark's business (benchmarks/echo_load.py)."""
+    count = 300
+    result = await converse(
+        runner.RunOptions(
+            count=count,
+            concurrency=count,
+            server_close="immediate",
+            client_close="active",
+            observe_for=1.0,
+            trace=trace,
+        )
+    )
+    assert result.client_status == 0 and result.server_status == 0
+    done = result.of("client", ConversationDone)
+    assert len(done) == count
+    assert [d for d in done if not d.ok] == []
+    accepted = {a.conn for a in result.app("server", events.APP_ACCEPT)}
+    assert len(accepted) == count
+    paths = {p.conn: p.states for p in connview.paths(result.records, "server")}
+    assert paths.keys() == accepted
+    wrong = {conn: states for conn, states in paths.items() if states != SERVER_PATH}
+    assert not wrong, f"{len(wrong)} of {count} connections: {sorted(wrong.items())[:3]}"

@@ -214,3 +214,86 @@ def test_auto_is_console_on_a_tty_and_json_otherwise() -> None:
 
     assert logs.resolve_format("auto", Tty()) == "console"
     assert logs.resolve_format("auto", io.StringIO()) == "json"
+
+
+def test_lines_are_written_as_they_come_outside_a_batch() -> None:
+    out = io.StringIO()
+    logs.configure("server", "json", stream=out)
+    log = logs.get_logger()
+    events.emit(log, events.App(ts=1.0, kind=events.APP_ACCEPT, conn="a:1-b:2"))
+    assert out.getvalue().count("\n") == 1
+
+
+async def test_a_batch_writes_its_lines_together_in_order_and_all_of_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import logging
+
+    import trio
+
+    # however slow this machine is now, the lines wait for the loop
+    monkeypatch.setattr(logs, "MAX_DELAY_S", 60.0)
+    out = io.StringIO()
+    logs.configure("server", "json", stream=out)
+    log = logs.get_logger()
+    with logs.batched():
+        for n in range(5):
+            events.emit(log, events.App(ts=float(n), kind=events.APP_SEND, conn="a:1-b:2", bytes=n))
+        logging.getLogger("trio").warning("from the stdlib")
+        events.emit(log, events.App(ts=9.0, kind=events.APP_CLOSE, conn="a:1-b:2"))
+        assert out.getvalue() == ""  # gathered while the loop is busy
+        await trio.sleep(0.01)  # the loop went idle: written
+        written = out.getvalue()
+        assert written.count("\n") == 7
+        events.emit(log, events.App(ts=10.0, kind=events.APP_CLOSE, conn="c:1-d:2"))
+    # leaving the block writes what was left
+    records = [events.parse_record(line) for line in out.getvalue().splitlines()]
+    assert [type(r).__name__ for r in records] == ["App"] * 5 + ["LogMessage", "App", "App"]
+    assert [r.ts for r in records if isinstance(r, events.App)] == [0, 1, 2, 3, 4, 9, 10]
+
+
+async def test_a_batch_is_written_however_its_block_ends() -> None:
+    out = io.StringIO()
+    logs.configure("server", "json", stream=out)
+    log = logs.get_logger()
+    with pytest.raises(KeyboardInterrupt), logs.batched():
+        events.emit(log, events.App(ts=1.0, kind=events.APP_ACCEPT, conn="a:1-b:2"))
+        raise KeyboardInterrupt
+    record = events.parse_record(out.getvalue())
+    assert isinstance(record, events.App) and record.ts == 1.0
+
+
+async def test_a_busy_loop_still_writes_every_few_milliseconds() -> None:
+    out = io.StringIO()
+    logs.configure("server", "json", stream=out)
+    log = logs.get_logger()
+    with logs.batched():
+        events.emit(log, events.App(ts=1.0, kind=events.APP_ACCEPT, conn="a:1-b:2"))
+        time.sleep(logs.MAX_DELAY_S * 2)  # noqa: ASYNC251 - the loop must not get a turn
+        events.emit(log, events.App(ts=2.0, kind=events.APP_ACCEPT, conn="a:1-b:2"))
+        assert out.getvalue().count("\n") == 2
+
+
+def test_other_bound_context_is_merged_and_the_components_name_kept() -> None:
+    out = io.StringIO()
+    logs.configure("client", "json", stream=out)
+    structlog.contextvars.bind_contextvars(run="r1")
+    try:
+        structlog.get_logger().info("app_accept", ts=1.0, conn="a:1-b:2")
+    finally:
+        structlog.contextvars.unbind_contextvars("run")
+    obj = json.loads(out.getvalue())
+    assert obj["component"] == "client"
+    assert obj["run"] == "r1"
+
+
+def test_levels_below_the_configured_one_are_dropped() -> None:
+    import logging
+
+    out = io.StringIO()
+    logs.configure("client", "json", stream=out, level=logging.WARNING)
+    log = logs.get_logger()
+    log.info("app_accept", ts=1.0)
+    log.warning("app_error", ts=2.0, how="ECONNRESET")
+    (line,) = out.getvalue().splitlines()
+    assert json.loads(line)["level"] == "warning"

@@ -5,12 +5,15 @@ from __future__ import annotations
 import pytest
 
 from daemons.statemachine import (
+    MAX_POLL_INTERVAL,
     Snapshot,
     SocketTracker,
     TraceTransition,
     candidate_paths,
     implied_states,
+    may_hand_over,
     merge_dump,
+    poll_interval,
 )
 from tcplab.events import TcpState
 
@@ -366,3 +369,107 @@ def test_a_dump_begun_before_a_lookup_does_not_undo_it() -> None:
     # a socket a lookup found gone is not revived by such a dump either
     assert [r.new for r in t.lookup(CLIENT, None, 3.0001, 2.1, started=3.0)] == ["CLOSED"]
     assert t.update({CLIENT: Snapshot(CLIENT, "TIME_WAIT")}, 3.1, 2.1, started=2.9) == []
+
+
+def test_eof_then_close_means_the_fin_left_from_close_wait() -> None:
+    # the server read EOF, then closed, and looked only afterwards: gone.
+    # Closed, an RST path would do too (FIN_WAIT1 → CLOSED…) — but the
+    # peer's FIN was in before ours left, so the socket went CLOSE_WAIT → LAST_ACK
+    t = SocketTracker(passive_ports=[7007], vouched=True)
+    steps(t, SERVER, ["ESTABLISHED"])
+    t.note(SERVER, "rcv_fin")
+    t.note(SERVER, "snd_fin")
+    t.note(SERVER, "closed")
+    assert [(c.old, c.new, c.source) for c in t.lookup(SERVER, None, 5.0)] == [
+        ("ESTABLISHED", "CLOSE_WAIT", "inferred"),
+        ("CLOSE_WAIT", "LAST_ACK", "inferred"),
+        ("LAST_ACK", "CLOSED", "poll"),
+    ]
+
+
+def test_our_fin_first_then_eof_is_not_ordered() -> None:
+    # shut down writing first, EOF read afterwards: the peer's FIN may have
+    # been in before ours left (read only later: CLOSE_WAIT → LAST_ACK) or
+    # not (FIN_WAIT1 → CLOSING…): the order of the calls does not say
+    t = SocketTracker(vouched=True)
+    steps(t, CLIENT, ["ESTABLISHED"])
+    t.note(CLIENT, "snd_fin")
+    t.note(CLIENT, "rcv_fin")
+    t.note(CLIENT, "closed")
+    assert [(c.old, c.new) for c in t.update({}, 5.0)] == [("ESTABLISHED", "CLOSED")]
+
+
+def test_a_close_after_a_reset_sent_no_fin() -> None:
+    # ECONNRESET, then close(): the connection ended by the RST
+    t = SocketTracker(passive_ports=[7007], vouched=True)
+    steps(t, SERVER, ["ESTABLISHED"])
+    t.note(SERVER, "reset")
+    t.note(SERVER, "closed")
+    assert [(c.old, c.new) for c in t.lookup(SERVER, None, 5.0)] == [("ESTABLISHED", "CLOSED")]
+
+
+def test_a_dump_by_its_differences_says_what_the_whole_dump_says() -> None:
+    whole = SocketTracker(passive_ports=[7007], vouched=True)
+    parts = SocketTracker(passive_ports=[7007], vouched=True)
+    other = ("198.51.100.1", 7007, "192.0.2.1", 40313)
+    dumps: list[dict[tuple[str, int, str, int], str]] = [
+        {SERVER: "SYN_RECV", other: "ESTABLISHED"},
+        {SERVER: "ESTABLISHED", other: "ESTABLISHED"},
+        {SERVER: "CLOSE_WAIT"},
+        {},
+    ]
+    previous: dict[tuple[str, int, str, int], str] = {}
+    for i, dump in enumerate(dumps):
+        snaps = {k: Snapshot(k, s) for k, s in dump.items()}
+        a = whole.update(snaps, float(i), float(i) - 0.5)
+        changed = {k: v for k, v in snaps.items() if previous.get(k) != v.state}
+        missing = [k for k in parts.known() if k not in snaps]
+        b = parts.update_changed(changed, missing, float(i), float(i) - 0.5)
+        assert a == b
+        previous = dict(dump)
+    assert whole.live == parts.live == {}
+
+
+@pytest.mark.parametrize(
+    ("old", "may"),
+    [
+        ("FIN_WAIT2", True),
+        ("CLOSING", True),
+        ("FIN_WAIT1", True),
+        ("LAST_ACK", False),
+        ("ESTABLISHED", False),
+        ("CLOSE_WAIT", False),
+        ("SYN_RECV", False),
+        ("SYN_SENT", False),
+        ("LISTEN", False),
+    ],
+)
+def test_only_a_closing_active_side_may_hand_over_to_a_minisock(old: str, may: bool) -> None:
+    assert may_hand_over(old) is may
+
+
+def test_polls_back_off_when_they_get_dear() -> None:
+    assert poll_interval(0.005, 0.0001) == 0.005  # a lab's handful of sockets
+    assert poll_interval(0.005, 0.004) == pytest.approx(0.04)  # thousands
+    assert poll_interval(0.005, 0.5) == MAX_POLL_INTERVAL  # never slower than this
+    assert poll_interval(1.0, 0.5) == 1.0  # nor faster than asked
+
+
+def test_a_slow_dump_revives_none_of_thousands_closed_while_it_ran() -> None:
+    # a burst: 6,000 connections close (trace) while one dump, begun before,
+    # is still on its way; when it is taken in at last, it lists them all as
+    # they were — none may come back to life
+    t = SocketTracker(passive_ports=[7007], traced=True)
+    keys = [("198.51.100.1", 7007, "192.0.2.1", 10_000 + n) for n in range(6000)]
+    for n, key in enumerate(keys):
+        t.trace(TraceTransition(key, n + 1, "LISTEN", "SYN_RECV", 1.0))
+        t.trace(TraceTransition(key, n + 1, "SYN_RECV", "ESTABLISHED", 1.0))
+    for n, key in enumerate(keys):
+        t.trace(TraceTransition(key, n + 1, "ESTABLISHED", "CLOSED", 3.0))
+    stale = {key: Snapshot(key, "ESTABLISHED") for key in keys}
+    assert t.update(stale, 4.0, 1.5, started=2.0) == []
+    assert t.live == {}
+    # a dump begun after the closes: the same four-tuple again is a new life
+    (first, *_) = keys
+    again = t.update({first: Snapshot(first, "SYN_RECV")}, 6.0, 4.0, started=5.0)
+    assert [(c.old, c.new) for c in again] == [("CLOSED", "SYN_RECV")]
