@@ -9,6 +9,7 @@ RUN apt-get update \
 
 WORKDIR /opt/tcplab
 COPY pyproject.toml README.md ./
+COPY core ./core
 COPY tcplab ./tcplab
 COPY daemons ./daemons
 COPY proxy ./proxy

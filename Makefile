@@ -16,7 +16,7 @@ demo: $(BIN)/tcplab
 	$(BIN)/tcplab run handshake-and-teardown
 	$(BIN)/tcplab run lost-last-ack --pace 100ms
 
-## test: lint (ruff, mypy) and the whole test suite
+## test: lint (ruff, mypy, the import layers) and the whole test suite
 test: lint
 	$(BIN)/pytest
 
@@ -24,6 +24,7 @@ lint: $(BIN)/tcplab
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 unit: $(BIN)/tcplab
 	$(BIN)/pytest tests/unit

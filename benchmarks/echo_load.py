@@ -93,7 +93,7 @@ def raise_nofile(needed: int) -> None:
 def enter(ns: str | None) -> None:
     if ns:
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from tcplab import netns
+        from core import netns
 
         netns.enter(ns)
 
@@ -300,7 +300,8 @@ def server_argv(mode: str, ns: str, address: str, backlog: int, trace: str) -> l
 
 def analyse_log(log: Path, conns: list[dict[str, Any]], client: str, server: str) -> dict[str, Any]:
     """The server's own account: accept rate and tcp_state records."""
-    from tcplab import connview, events
+    from core import events
+    from tcplab import connview
 
     records = [r for r in map(events.parse_record, log.read_bytes().splitlines()) if r]
     accepts = [r.ts for r in records if isinstance(r, events.App) and r.kind == "app_accept"]
@@ -516,7 +517,8 @@ def main() -> int:
     if unknown := set(modes) - set(MODES):
         parser.error(f"unknown modes: {sorted(unknown)}")
 
-    from tcplab import topology, tracefs
+    from core import tracefs
+    from tcplab import topology
 
     if "trace" in modes and tracefs.unavailable_reason() is not None:
         print(f"no tracefs ({tracefs.unavailable_reason()}): mode trace left out")

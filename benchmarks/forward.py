@@ -40,8 +40,8 @@ import threading
 import time
 from collections.abc import Iterator
 
-from proxy import control
-from tcplab import netns, runner, topology
+from core import control, netns
+from tcplab import runner, topology
 
 PORT = 9000
 CHUNK = 1 << 20

@@ -35,9 +35,10 @@ import time
 
 import trio
 
+from core import logs, netns
 from daemons import observer
 from daemons.diagsock import DiagSocket
-from tcplab import logs, netns, topology
+from tcplab import topology
 
 
 def fill_time_wait(count: int) -> None:

@@ -34,9 +34,10 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.reference import kernel_transitions, one_run
-from tcplab import runner, topology, tracefs
-from tcplab.events import App, ConversationDone, TcpState
-from tcplab.tracebuf import TraceEvent
+from core import tracefs
+from core.events import App, ConversationDone, TcpState
+from core.tracebuf import TraceEvent
+from tcplab import runner, topology
 
 
 def pct(values: list[float], q: float) -> float:

@@ -9,9 +9,10 @@ import secrets
 import sys
 from typing import NamedTuple
 
-from tcplab import runner, topology, tracefs
-from tcplab.events import conn_id, endpoint, state_name
-from tcplab.tracebuf import TraceEvent
+from core import tracefs
+from core.events import conn_id, endpoint, state_name
+from core.tracebuf import TraceEvent
+from tcplab import runner, topology
 
 
 class KernelTransition(NamedTuple):

@@ -32,8 +32,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.reference import kernel_transitions, one_run
+from core.events import TcpState
 from tcplab import causality, cli, scenario
-from tcplab.events import TcpState
 
 VERBOSE = False
 

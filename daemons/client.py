@@ -32,12 +32,12 @@ from typing import Any
 
 import trio
 
+from core import events
+from core.events import App, ConversationDone, DaemonDone, DaemonReady, emit
+from core.policies import CLIENT_POLICIES as POLICIES
 from daemons import common
 from daemons.observer import Observer, TraceConfig, trace_filters
-from daemons.policies import CLIENT_POLICIES as POLICIES
 from daemons.server import LineReader, MessageTooLong, _error, _send_logged
-from tcplab import events
-from tcplab.events import App, ConversationDone, DaemonDone, DaemonReady, emit
 
 
 class ConversationError(Exception):

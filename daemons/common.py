@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from tcplab import events, logs, netns, proc
-from tcplab.events import App, emit
-from tcplab.units import parse_duration
+from core import events, logs, netns, proc
+from core.events import App, emit
+from core.units import duration_argument
 
 if TYPE_CHECKING:
     from daemons.observer import Observer
@@ -24,11 +24,7 @@ if TYPE_CHECKING:
 Key = tuple[str, int, str, int]
 
 
-def duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+duration = duration_argument()
 
 
 def address(text: str) -> tuple[str, int]:
@@ -46,6 +42,13 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
     return value
+
+
+def port(text: str) -> int:
+    """A TCP port, 1 to 65535."""
+    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port (1 to 65535): {text!r}")
+    return int(text)
 
 
 def count(text: str) -> int:

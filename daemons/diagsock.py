@@ -17,9 +17,9 @@ import socket
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
+from core import netns
 from daemons import sockdiag
 from daemons.sockdiag import ALL_STATES, DiagError, Ident, SockInfo
-from tcplab import netns
 
 NETLINK_SOCK_DIAG = 4
 RECV_BUFFER = 1 << 20

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, KeysView, Mapping
 
+from core.events import TCP_STATES, TIMERS, TcpState
 from daemons import sockdiag
 from daemons.statemachine import Key, Snapshot, SocketTracker, merge_dump
-from tcplab.events import TCP_STATES, TIMERS, TcpState
 
 
 def snapshot_of(info: sockdiag.SockInfo) -> Snapshot:

@@ -46,6 +46,20 @@ from typing import Any
 
 import trio
 
+from core import tracefs
+from core.events import (
+    CLOSED,
+    ObserverStart,
+    ObserverStop,
+    Record,
+    TcpReset,
+    TcpRetransmit,
+    TcpState,
+    emit,
+    endpoint,
+    state_name,
+)
+from core.tracebuf import TraceEvent
 from daemons import sockdiag
 from daemons.diagsock import DiagSocket
 from daemons.dumpdiff import DumpIndex, dump_records, snapshot_of
@@ -58,20 +72,6 @@ from daemons.statemachine import (
     may_hand_over,
     poll_interval,
 )
-from tcplab import tracefs
-from tcplab.events import (
-    CLOSED,
-    ObserverStart,
-    ObserverStop,
-    Record,
-    TcpReset,
-    TcpRetransmit,
-    TcpState,
-    emit,
-    endpoint,
-    state_name,
-)
-from tcplab.tracebuf import TraceEvent
 
 DEFAULT_INTERVAL = 0.005
 """5 ms: short enough to see a SYN_RECV or FIN_WAIT2 that lasts one RTT of a

@@ -43,12 +43,12 @@ from typing import Any
 
 import trio
 
+from core import events
+from core.events import App, DaemonDone, DaemonReady, emit
+from core.policies import ClosePolicy
 from daemons import common
 from daemons.observer import Observer, TraceConfig, local_filter, trace_filters
-from daemons.policies import ClosePolicy
 from daemons.statemachine import Fact
-from tcplab import events
-from tcplab.events import App, DaemonDone, DaemonReady, emit
 
 
 def close_policy(text: str) -> ClosePolicy:

@@ -55,7 +55,7 @@ import functools
 from collections.abc import Iterable, KeysView, Mapping
 from typing import Literal
 
-from tcplab.events import CLOSED, SockKind, TcpState, conn_id, endpoint
+from core.events import CLOSED, SockKind, TcpState, conn_id, endpoint
 
 Fact = Literal["rcv_fin", "snd_fin", "reset", "closed"]
 FACTS: tuple[Fact, ...] = ("rcv_fin", "snd_fin", "reset", "closed")

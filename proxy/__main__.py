@@ -29,12 +29,13 @@ from typing import Any
 
 import trio
 
+from core import logs, netns, proc
+from core.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
+from core.rules import RuleError
 from proxy import capture, control, express, forward, rules
 from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
 from proxy.neighbours import RouteTable
 from proxy.options import add_rule_options, rules_from_args, rules_from_file
-from tcplab import logs, netns, proc
-from tcplab.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.rules:
             parsed = rules_from_file(args.rules) + parsed
         engine = rules.RuleEngine(parsed, pace=pace)
-    except rules.RuleError as exc:
+    except RuleError as exc:
         print(f"proxy: {exc}", file=sys.stderr)
         return 2
     if args.netns:

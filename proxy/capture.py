@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterable
 from typing import IO
 
-from tcplab.events import Segment
+from core.events import Segment
 
 SHB_TYPE = 0x0A0D0D0A
 IDB_TYPE = 0x00000001

@@ -70,21 +70,9 @@ from __future__ import annotations
 import collections
 from typing import Literal, NamedTuple
 
+from core import events
+from core.rules import TAGS
 from proxy.wire import ACK, FIN, RST, SYN, flags_text
-from tcplab import events
-
-TAGS: tuple[str, ...] = (
-    "syn",
-    "syn-ack",
-    "handshake-ack",
-    "data",
-    "ack",
-    "fin",
-    "fin-ack",
-    "last-ack",
-    "rst",
-    "retransmit",
-)
 
 TCP_TIMEWAIT_LEN = 60.0
 """include/net/tcp.h: how long TIME_WAIT lasts (60 s)."""

@@ -40,10 +40,10 @@ from typing import Any, Literal
 
 import trio
 
+from core.events import Record, emit
 from proxy import express
 from proxy.middlebox import Middlebox, Output, stamp_sent
 from proxy.neighbours import Port, Route
-from tcplab.events import Record, emit
 
 # include/uapi/linux/if_ether.h, include/uapi/linux/if_packet.h
 ETH_P_ALL = 0x0003

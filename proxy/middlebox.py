@@ -58,11 +58,11 @@ import struct
 from collections.abc import Iterable
 from typing import Literal
 
+from core.events import FrameDropped, Record, Segment, Verdict, conn_id
 from proxy import flows as flowsmod
 from proxy import rules as rulesmod
 from proxy import wire
 from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
-from tcplab.events import FrameDropped, Record, Segment, Verdict, conn_id
 
 # a FIN, RST or SYN takes a connection out of the express lane
 _LANE_EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN

@@ -8,7 +8,7 @@ import argparse
 import tomllib
 from pathlib import Path
 
-from proxy import rules
+from core import rules
 
 RULE_ACTIONS = ("drop", "delay", "hold", "duplicate", "reset")
 

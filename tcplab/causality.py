@@ -1,6 +1,6 @@
 """Cause before effect: named rules a run's records must obey (pure).
 
-Every record says when its fact happened (:mod:`tcplab.events`): exactly
+Every record says when its fact happened (:mod:`core.events`): exactly
 (a tracepoint, a frame's receive timestamp, the moment before a call) or
 within an interval (a poll saw a state at ``ts``; it began after
 ``seen_after``).  The rules below pair facts that cause one another on one
@@ -76,7 +76,7 @@ import math
 from collections.abc import Iterable, Sequence
 from typing import TypeVar
 
-from tcplab.events import (
+from core.events import (
     APP_CLOSE,
     APP_CONNECT,
     APP_RECV,

@@ -18,10 +18,11 @@ import sys
 import time
 from typing import Any
 
+from core import events, logs, netns
+from core.proc import PARENT_ENV, child_env, die_with_parent
+from core.units import duration_argument, format_duration, parse_duration
 from proxy.options import add_rule_options
-from tcplab import causality, connview, events, logs, netns, topology
-from tcplab.proc import PARENT_ENV, child_env, die_with_parent
-from tcplab.units import format_duration, parse_duration
+from tcplab import causality, connview, topology
 
 EXIT_USAGE = 2
 RUN_JSON = [sys.executable, "-m", "tcplab.cli", "run", "--json"]
@@ -30,15 +31,8 @@ RUN_JSON = [sys.executable, "-m", "tcplab.cli", "run", "--json"]
 MAX_DURATION_S = 2 * 3600.0
 
 
-def _duration(text: str) -> float:
-    """A duration up to two hours (``250ms``, ``2s``)."""
-    try:
-        seconds = parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if seconds > MAX_DURATION_S:
-        raise argparse.ArgumentTypeError(f"{text!r}: at most {format_duration(MAX_DURATION_S)}")
-    return seconds
+_duration = duration_argument(MAX_DURATION_S)
+"""A duration up to two hours (``250ms``, ``2s``)."""
 
 
 def _sysctl(text: str) -> tuple[topology.Side, str, str]:
@@ -110,7 +104,8 @@ def _need_net_admin(what: str) -> None:
 def _fault_argv(args: argparse.Namespace, command: str) -> tuple[str, ...]:
     """Validate the fault options now (nothing starts if one is wrong) and
     return them as the proxy's arguments."""
-    from proxy import options, rules
+    from core import rules
+    from proxy import options
 
     try:
         options.rules_from_args(args)
@@ -572,7 +567,7 @@ def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> N
     import subprocess
     import time
 
-    from proxy import control
+    from core import control
     from tcplab import runner
 
     sock = runner.control_path(lab)
@@ -612,7 +607,8 @@ def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> N
 
 
 def cmd_proxy(args: argparse.Namespace) -> int:
-    from proxy import control, options, rules
+    from core import control, rules
+    from proxy import options
     from tcplab import runner
 
     # Build (and so validate) the requests first: a malformed rule is named
@@ -764,20 +760,9 @@ def cmd_clean(args: argparse.Namespace) -> int:
 # --- watch -----------------------------------------------------------------------
 
 
-def _addresses_of(ns: str) -> list[str]:
-    """The addresses configured in namespace ``ns`` (loopback's left out)."""
-    from pyroute2 import IPRoute
-
-    with IPRoute(netns=ns) as ip:
-        found = [msg.get_attr("IFA_ADDRESS") for msg in ip.get_addr()]
-    return [a for a in found if a and not a.startswith("127.") and a != "::1"]
-
-
 def cmd_watch(args: argparse.Namespace) -> int:
-    import trio
-
-    from daemons.observer import Observer, TraceConfig, port_filter, trace_filters
-
+    """``python -m daemons.watch`` in this process's place (the observer
+    lives with the daemons; the lab only starts it)."""
     try:
         netns.path_of(args.netns)
     except netns.NetnsError as exc:
@@ -786,40 +771,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     if not netns.exists(args.netns):
         print(f"tcplab watch: no network namespace {args.netns!r}", file=sys.stderr)
         return 1
-    logs.configure("watch", args.log_format)
-    log = logs.get_logger()
-    by_port = port_filter(args.port or [])
-    trace: TraceConfig | None = None
-    match = by_port
-    if not args.no_trace:
-        # tracepoints see every namespace: keep the sockets on this one's addresses
-        own = frozenset(_addresses_of(args.netns))
-        v4 = sorted(a for a in own if ":" not in a)
-        trace = TraceConfig(
-            f"{topology.TRACE_PREFIX}watch-{os.getpid()}",
-            trace_filters(v4[0] if len(v4) == 1 else None),
-        )
-
-        def match(key: tuple[str, int, str, int]) -> bool:
-            return key[0] in own and by_port(key)
-
-    async def main() -> None:
-        observer = Observer(
-            log,
-            match=match,
-            interval=args.interval,
-            vouched=False,
-            netns=args.netns,
-            trace=trace,
-        )
-        with trio.move_on_after(args.duration if args.duration else float("inf")):
-            await observer.run()
-
-    try:
-        trio.run(main)
-    except KeyboardInterrupt:
-        return 0
-    return 0
+    argv = [sys.executable, "-m", "daemons.watch", "--netns", args.netns]
+    argv += [f"--port={port}" for port in args.port or []]
+    argv += ["--interval", format_duration(args.interval), "--log-format", args.log_format]
+    if args.duration:
+        argv += ["--duration", format_duration(args.duration)]
+    if args.no_trace:
+        argv.append("--no-trace")
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 # --- parser --------------------------------------------------------------------------

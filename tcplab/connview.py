@@ -17,7 +17,7 @@ import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 
-from tcplab.events import CLOSED, ObserverStop, Record, Segment, TcpState
+from core.events import CLOSED, ObserverStop, Record, Segment, TcpState
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -30,8 +30,8 @@ import sys
 import time
 from typing import Any
 
+from core.units import format_duration
 from tcplab import scenario as scenariomod
-from tcplab.units import format_duration
 
 CLIENT_SUBNET = "192.0.2.0/24"
 SERVER_SUBNET = "198.51.100.0/24"
@@ -128,7 +128,7 @@ def rule_tables(sc: scenariomod.Scenario) -> list[dict[str, Any]]:
 def apply_rules(sc: scenariomod.Scenario, path: str, previous: scenariomod.Scenario | None) -> None:
     """Swap the previous scenario's rules in the proxy for this one's
     (through its control socket); rules added by hand stay."""
-    from proxy import control
+    from core import control
 
     if previous is not None:
         for table in rule_tables(previous):
@@ -177,7 +177,7 @@ def _say(sc: Any) -> None:
     """One JSON line announcing the scenario, so the logs read as chapters."""
     import json
 
-    from tcplab import events
+    from core import events
 
     record = events.ScenarioStart(
         ts=time.time(), component="client", scenario=sc.name, title=sc.title

@@ -3,7 +3,7 @@
 The runner builds a lab, starts the server in the server namespace and the
 client in the client namespace as processes (``python -m daemons.server``,
 ``python -m daemons.client``), reads their JSON event lines as they come,
-parses each into a typed record (:mod:`tcplab.events`), and tears everything
+parses each into a typed record (:mod:`core.events`), and tears everything
 down on every exit path.  It never imports the daemons' internals: the event
 lines are the interface.
 
@@ -26,12 +26,13 @@ from typing import Any, TypeVar
 
 import trio
 
-from tcplab import events, topology
+from core import events
+from core.events import App, DaemonReady, Record, TcpState
+from core.proc import child_env as proc_child_env
+from core.units import format_duration
+from tcplab import topology
 from tcplab.causality import Placed
-from tcplab.events import App, DaemonReady, Record, TcpState
-from tcplab.proc import child_env as proc_child_env
 from tcplab.transcript import REORDER_WINDOW_S, Merger
-from tcplab.units import format_duration
 
 R = TypeVar("R", bound=Record)
 

@@ -32,8 +32,7 @@ import html
 from collections.abc import Iterable, Sequence
 from typing import Literal
 
-from tcplab import causality, connview
-from tcplab.events import (
+from core.events import (
     APP_ACCEPT,
     APP_CLOSE,
     APP_CONNECT,
@@ -47,6 +46,7 @@ from tcplab.events import (
     TcpRetransmit,
     TcpState,
 )
+from tcplab import causality, connview
 
 WIDTH = 100
 TIME_W = 10

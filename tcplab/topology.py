@@ -57,14 +57,12 @@ from typing import Any, Literal
 
 from pyroute2 import IPRoute, netns
 
-from tcplab import netns as tlnetns
-from tcplab import tracefs
+from core import netns as tlnetns
+from core import tracefs
+from core.tracefs import TRACE_PREFIX
 
 PREFIX = "tl"
 RECORD_DIR = Path("/run/tcplab")
-TRACE_PREFIX = "tcplab-"
-"""ftrace instances are ``tcplab-<lab>-<side>`` (``tcplab-watch-<pid>`` for
-``tcplab watch``)."""
 Side = Literal["cli", "mbx", "srv"]
 SIDES: tuple[Side, ...] = ("cli", "mbx", "srv")
 

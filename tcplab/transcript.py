@@ -16,8 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from tcplab import causality
-from tcplab.events import (
+from core.events import (
     App,
     DaemonDone,
     DaemonReady,
@@ -29,6 +28,7 @@ from tcplab.events import (
     TcpState,
     to_fields,
 )
+from tcplab import causality
 
 REORDER_WINDOW_S = 0.15
 """Hold a record this long before printing it, so a record from another

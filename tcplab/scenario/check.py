@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from tcplab import connview, events
-from tcplab.events import App, ObserverStop, Record, Segment
+from core import events
+from core.events import App, ObserverStop, Record, Segment
+from tcplab import connview
 from tcplab.scenario.spec import Scenario, SegmentExpect, SideExpect
 
 

@@ -68,8 +68,8 @@ validation (:func:`load` / :func:`parse`) and the JSON Schema
 length is written there once.  Validation checks every key, type and range
 before anything starts, and each error names the file, the line, the field
 and what was expected.  Grammars with a parser of their own — close
-policies (:mod:`daemons.policies`), rules (:mod:`proxy.rules`), durations
-(:mod:`tcplab.units`) — are checked by that parser, the same one the daemons
+policies (:mod:`core.policies`), rules (:mod:`proxy.rules`), durations
+(:mod:`core.units`) — are checked by that parser, the same one the daemons
 use.
 """
 
@@ -83,10 +83,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemons.policies import CLIENT_POLICIES, SERVER_POLICY_PATTERN, ClosePolicy
-from proxy import rules as rulesmod
-from tcplab import events
-from tcplab.units import format_duration, parse_duration
+from core import events
+from core import rules as rulesmod
+from core.policies import CLIENT_POLICIES, SERVER_POLICY_PATTERN, ClosePolicy
+from core.units import format_duration, parse_duration
 
 SIDES_SYSCTL = ("cli", "mbx", "srv")
 STATE_NAMES = tuple(sorted(events.STATE_NAMES))
@@ -153,7 +153,7 @@ CLIENT = {
 }  # fmt: skip
 RULE = {
     "action": Field("choice", "what to do", choices=rulesmod.ACTIONS),
-    "tag": Field("choice", "the segments' role", choices=(*rulesmod.KNOWN_TAGS, rulesmod.ANY)),
+    "tag": Field("choice", "the segments' role", choices=(*rulesmod.TAGS, rulesmod.ANY)),
     "from": Field("choice", "whose segments", choices=("client", "server")),
     "nth": Field("int-or-list", "which occurrences (1 = the first)", minimum=1,
                  maximum=rulesmod.MAX_COUNT, max_items=rulesmod.MAX_NTH),
@@ -188,11 +188,11 @@ SIDE_EXPECT = {
 }  # fmt: skip
 SEGMENT_EXPECT = {
     "from": Field("choice", "client | server", choices=("client", "server")),
-    "tag": Field("choice", "one role the segment has", choices=rulesmod.KNOWN_TAGS),
+    "tag": Field("choice", "one role the segment has", choices=rulesmod.TAGS),
     "tags": Field("choice-list", "roles the segment has, all of them",
-                  choices=rulesmod.KNOWN_TAGS),
+                  choices=rulesmod.TAGS),
     "without": Field("choice-list", "roles the segment must not have (e.g. retransmit)",
-                     choices=rulesmod.KNOWN_TAGS),
+                     choices=rulesmod.TAGS),
     "flags": Field("str", "exact flags, e.g. FA", pattern=r"^[SAFRPUEC]{1,8}$"),
     "verdict": Field("choice", " | ".join(events.VERDICTS), choices=events.VERDICTS),
     "after": Field("duration-pair", "[min, max] since the previous expected segment",

@@ -12,7 +12,8 @@ import time
 import pytest
 import trio
 
-from tcplab import events, topology, tracefs
+from core import events, tracefs
+from tcplab import topology
 from tests.integration.conftest import lab_leftovers
 
 TCPLAB = [sys.executable, "-m", "tcplab.cli"]

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from tcplab import causality, connview, events, runner, topology, tracefs
-from tcplab.events import App, ConversationDone, ObserverStart, ObserverStop, TcpState
+from core import events, tracefs
+from core.events import App, ConversationDone, ObserverStart, ObserverStop, TcpState
+from tcplab import causality, connview, runner, topology
 
 DEADLINE = 60
 TRACING = tracefs.unavailable_reason() is None
@@ -284,7 +285,7 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
     import socket
     import struct
 
-    from tcplab import netns
+    from core import netns
 
     with trio.fail_after(DEADLINE), topology.lab() as lab:
         server_addr = lab.addr.server4

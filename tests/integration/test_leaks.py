@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from tcplab import topology, tracefs
+from core import tracefs
+from tcplab import topology
 from tests.integration.conftest import lab_leftovers, ours
 
 TCPLAB = [sys.executable, "-m", "tcplab.entry"]
@@ -30,7 +31,7 @@ RUNS = 20
 
 def children_of(pid: int) -> list[int]:
     """Processes started for run ``pid``: they carry its pid in their
-    environment (tcplab.proc.PARENT_ENV), whoever their parent is now."""
+    environment (core.proc.PARENT_ENV), whoever their parent is now."""
     marker = f"TCPLAB_PARENT_PID={pid}".encode()
     found = []
     for entry in Path("/proc").iterdir():

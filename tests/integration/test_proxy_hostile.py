@@ -43,6 +43,7 @@ from typing import Any
 
 import pytest
 
+from core import control as protocol
 from proxy import control
 from proxy.middlebox import DROP_LOG_BURST, DROP_LOG_RATE
 from proxy.neighbours import MAX_NEIGHBOURS
@@ -224,7 +225,7 @@ def rss_kb(pid: int) -> int:
 
 
 def ask(path: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
-    return control.request(path, payload, timeout=timeout)
+    return protocol.request(path, payload, timeout=timeout)
 
 
 def wait_until(what: str, check: Any, timeout: float) -> Any:
@@ -296,7 +297,10 @@ def hostile_control(path: str) -> None:
     assert deep["ok"] is False and "nested too deeply" in deep["error"]
     # a 1 MB line: refused before any of it is parsed, and closed
     (long,) = line_exchange(path, b"x" * 1_000_000, 1, closes=True)
-    assert long == {"ok": False, "error": f"request too long (at most {control.MAX_REQUEST} bytes)"}
+    assert long == {
+        "ok": False,
+        "error": f"request too long (at most {protocol.MAX_REQUEST} bytes)",
+    }
     # binary garbage: one clean error per line, and the connection goes on
     garbage = bytes(range(256)).replace(b"\n", b"") * 4
     first, second, rules = line_exchange(
@@ -422,7 +426,7 @@ def _hostile_lab(lab: topology.Lab, workdir: Path) -> None:
                 assert http_get(lab) == "200"
                 try:
                     assert ask(ctl, {"op": "rules"})["ok"]
-                except control.ProxyUnreachable as exc:
+                except protocol.ProxyUnreachable as exc:
                     assert exc.why == "busy", exc
             finally:
                 for holder in holders:

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from tcplab import netns, topology
+from core import netns
+from tcplab import topology
 
 IP_RECVTTL = 12  # include/uapi/linux/in.h (not exported by Python 3.11)
 

@@ -16,9 +16,10 @@ import secrets
 import pytest
 import trio
 
-from tcplab import causality, connview, runner, topology, tracefs
-from tcplab.events import CLOSED, ObserverStart, TcpState, conn_id, endpoint, state_name
-from tcplab.tracebuf import TraceEvent
+from core import tracefs
+from core.events import CLOSED, ObserverStart, TcpState, conn_id, endpoint, state_name
+from core.tracebuf import TraceEvent
+from tcplab import causality, connview, runner, topology
 from tests.integration.test_conversation import converse
 
 pytestmark = pytest.mark.skipif(

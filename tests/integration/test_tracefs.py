@@ -20,8 +20,8 @@ from collections.abc import Callable, Iterator, Sequence
 import pytest
 import trio
 
-from tcplab import netns, tracebuf, tracefs
-from tcplab.tracebuf import TraceEvent
+from core import netns, tracebuf, tracefs
+from core.tracebuf import TraceEvent
 
 REASON = tracefs.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no kernel tracing: {REASON}")

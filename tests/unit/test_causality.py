@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from core.events import App, Record, Segment, TcpReset, TcpRetransmit, TcpState
 from tcplab import causality, connview
-from tcplab.events import App, Record, Segment, TcpReset, TcpRetransmit, TcpState
 
 CONN = "192.0.2.1:40000-198.51.100.1:7007"
 

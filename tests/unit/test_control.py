@@ -21,6 +21,7 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core import control as protocol
 from proxy import control, neighbours
 from proxy.middlebox import Middlebox
 
@@ -79,7 +80,7 @@ def test_deep_json_is_refused_before_the_parser_sees_it() -> None:
     answer = c.handle_line(b"[" * 60_000)
     assert answer == {
         "ok": False,
-        "error": f"request nested too deeply (at most {control.MAX_DEPTH} levels of [ and {{)",
+        "error": f"request nested too deeply (at most {protocol.MAX_DEPTH} levels of [ and {{)",
     }
     closed = b"[" * 30_000 + b"]" * 30_000
     assert "nested too deeply" in c.handle_line(closed)["error"]
@@ -87,30 +88,30 @@ def test_deep_json_is_refused_before_the_parser_sees_it() -> None:
     table = {"op": "add", "table": {"action": "drop", "tag": "fin", "nth": [1, 2]}}
     table["table"]["name"] = "[[[[[[[[[[[[[[[[[[[["
     assert c.handle_line(json.dumps(table).encode())["ok"]
-    assert control.nesting_depth(b'{"a": "[\\"[[[[[[[[[[", "b": [[{}]]}') == 4
+    assert protocol.nesting_depth(b'{"a": "[\\"[[[[[[[[[[", "b": [[{}]]}') == 4
 
 
 def test_a_recursion_error_in_the_parser_is_an_answer_too(monkeypatch: pytest.MonkeyPatch) -> None:
     c, _ = controller()
-    monkeypatch.setattr(control, "MAX_DEPTH", 10**9)  # as if the scan missed it
+    monkeypatch.setattr(protocol, "MAX_DEPTH", 10**9)  # as if the scan missed it
     assert c.handle_line(b"[" * 60_000) == {"ok": False, "error": "request nested too deeply"}
 
 
 def test_lines_longer_than_max_request_are_refused_however_they_arrive() -> None:
-    reader = control.LineBuffer()
+    reader = protocol.LineBuffer()
     assert reader.feed(b"x" * 65_000) == [] and not reader.overflow
     # the newline arrives with the next chunk: a 130 kB line, still too long
     assert reader.feed(b"y" * 65_000 + b"\n") == [] and reader.overflow
-    reader = control.LineBuffer()
-    assert reader.feed(b'{"op": "rules"}\n' + b"z" * (control.MAX_REQUEST + 1)) == [
+    reader = protocol.LineBuffer()
+    assert reader.feed(b'{"op": "rules"}\n' + b"z" * (protocol.MAX_REQUEST + 1)) == [
         b'{"op": "rules"}'
     ]
     assert reader.overflow
-    reader = control.LineBuffer()
+    reader = protocol.LineBuffer()
     assert reader.feed(b"a\nb") == [b"a"] and reader.pending == 1
     assert reader.feed(b"c\n\n") == [b"bc", b""] and reader.pending == 0
     c, _ = controller()
-    assert "too long" in c.handle_line(b" " * (control.MAX_REQUEST + 1))["error"]
+    assert "too long" in c.handle_line(b" " * (protocol.MAX_REQUEST + 1))["error"]
 
 
 def test_the_rule_count_is_bounded() -> None:
@@ -191,7 +192,7 @@ requests = st.one_of(
 def assert_answer(answer: Any) -> None:
     assert isinstance(answer, dict) and isinstance(answer["ok"], bool)
     assert answer["ok"] or isinstance(answer["error"], str)
-    assert json.loads(control.encode_answer(answer)) is not None
+    assert json.loads(protocol.encode_answer(answer)) is not None
 
 
 @settings(max_examples=200, deadline=None)
@@ -205,7 +206,7 @@ def test_handle_never_raises(request_: Any) -> None:
 @given(st.binary(max_size=300) | requests.map(lambda r: json.dumps(r).encode()))
 def test_any_bytes_in_an_answer_out(line: bytes) -> None:
     c, _ = controller()
-    for piece in control.LineBuffer().feed(line + b"\n"):
+    for piece in protocol.LineBuffer().feed(line + b"\n"):
         assert_answer(c.handle_line(piece))
     assert_answer(c.handle_line(line))
 
@@ -213,7 +214,7 @@ def test_any_bytes_in_an_answer_out(line: bytes) -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=50), max_size=20))
 def test_line_buffer_splits_like_split_whatever_the_chunks(chunks: list[bytes]) -> None:
-    reader = control.LineBuffer(limit=40)
+    reader = protocol.LineBuffer(limit=40)
     lines: list[bytes] = []
     for chunk in chunks:
         lines += reader.feed(chunk)
@@ -404,8 +405,8 @@ async def test_accept_out_of_descriptors_backs_off_and_goes_on(
 
 
 def test_request_says_when_there_is_no_socket(sock_path: Path) -> None:
-    with pytest.raises(control.ProxyUnreachable) as caught:
-        control.request(sock_path, {"op": "rules"})
+    with pytest.raises(protocol.ProxyUnreachable) as caught:
+        protocol.request(sock_path, {"op": "rules"})
     assert caught.value.why == "absent" and caught.value.errno == errno.ENOENT
     assert str(caught.value) == f"no proxy control socket at {sock_path}"
 
@@ -413,18 +414,18 @@ def test_request_says_when_there_is_no_socket(sock_path: Path) -> None:
 def test_request_says_when_nothing_listens(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(control, "CONNECT_RETRY_FOR", 0.2)
+    monkeypatch.setattr(protocol, "CONNECT_RETRY_FOR", 0.2)
     with socket.socket(socket.AF_UNIX) as stale:
         stale.bind(str(sock_path))  # a socket file nobody listens on
-        with pytest.raises(control.ProxyUnreachable) as caught:
-            control.request(sock_path, {"op": "rules"})
+        with pytest.raises(protocol.ProxyUnreachable) as caught:
+            protocol.request(sock_path, {"op": "rules"})
     assert caught.value.why == "refused" and "nothing listens" in str(caught.value)
 
 
 def test_request_retries_a_full_backlog_then_says_busy(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(control, "CONNECT_RETRY_FOR", 0.3)
+    monkeypatch.setattr(protocol, "CONNECT_RETRY_FOR", 0.3)
     filling: list[socket.socket] = []
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock_path))
@@ -439,8 +440,8 @@ def test_request_retries_a_full_backlog_then_says_busy(
             pass
         began = time.monotonic()
         try:
-            with pytest.raises(control.ProxyUnreachable) as caught:
-                control.request(sock_path, {"op": "rules"})
+            with pytest.raises(protocol.ProxyUnreachable) as caught:
+                protocol.request(sock_path, {"op": "rules"})
         except BaseException:
             for s in filling:
                 s.close()
@@ -466,9 +467,9 @@ def test_request_retries_a_full_backlog_then_says_busy(
 
         helper = threading.Thread(target=serve_one)
         helper.start()
-        monkeypatch.setattr(control, "CONNECT_RETRY_FOR", 3.0)
+        monkeypatch.setattr(protocol, "CONNECT_RETRY_FOR", 3.0)
         try:
-            assert control.request(sock_path, {"op": "rules"}) == {"ok": True}
+            assert protocol.request(sock_path, {"op": "rules"}) == {"ok": True}
         finally:
             helper.join(5)
 
@@ -483,12 +484,12 @@ def test_request_retries_a_busy_answer(sock_path: Path) -> None:
             for answer in answers:
                 conn, _ = listener.accept()
                 with conn:
-                    conn.sendall(control.encode_answer(answer))
+                    conn.sendall(protocol.encode_answer(answer))
 
         helper = threading.Thread(target=serve)
         helper.start()
         try:
-            assert control.request(sock_path, {"op": "rules"}) == {"ok": True, "rules": []}
+            assert protocol.request(sock_path, {"op": "rules"}) == {"ok": True, "rules": []}
         finally:
             helper.join(5)
 
@@ -497,8 +498,8 @@ def test_request_says_when_the_proxy_does_not_answer(sock_path: Path) -> None:
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind(str(sock_path))
         listener.listen(8)
-        with pytest.raises(control.ProxyUnreachable) as caught:
-            control.request(sock_path, {"op": "rules"}, timeout=0.3)
+        with pytest.raises(protocol.ProxyUnreachable) as caught:
+            protocol.request(sock_path, {"op": "rules"}, timeout=0.3)
     assert caught.value.why == "timeout" and "no answer" in str(caught.value)
 
 
@@ -506,7 +507,7 @@ async def test_a_failing_control_socket_is_logged_and_the_proxy_goes_on(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import proxy.__main__ as proxy_main
-    from tcplab.events import LogMessage
+    from core.events import LogMessage
 
     async def broken(*_args: Any, **_kw: Any) -> None:
         raise OSError(errno.EBADF, "as if the listener broke")

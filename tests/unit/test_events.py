@@ -12,7 +12,7 @@ import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcplab import events, logs
+from core import events, logs
 
 states = st.sampled_from(sorted(events.STATE_NAMES))
 ports = st.integers(0, 65535)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy import flows, rules
+from proxy import flows
 from proxy.wire import ACK, FIN, PSH, RST, SYN
 
 C = ("192.0.2.1", 40000)
@@ -45,10 +45,6 @@ class Talk:
         assert self.c(SYN) == ("syn",)
         assert self.s(SYN | ACK) == ("syn-ack",)
         assert self.c(ACK) == ("handshake-ack",)
-
-
-def test_tags_mirror_the_rule_vocabulary() -> None:
-    assert flows.TAGS == rules.KNOWN_TAGS
 
 
 def test_client_closes_server_acks_then_closes_later() -> None:

@@ -6,6 +6,8 @@ import ipaddress
 
 import pytest
 
+from core import rules as grammar
+from core.events import VERDICTS, FrameDropped, Record, Segment
 from proxy import neighbours, rules, wire
 from proxy.middlebox import (
     DROP_LOG_BURST,
@@ -16,7 +18,6 @@ from proxy.middlebox import (
     Output,
     stamp_sent,
 )
-from tcplab.events import VERDICTS, FrameDropped, Record, Segment
 
 FRONT_MAC = bytes.fromhex("02000000000a")
 BACK_MAC = bytes.fromhex("02000000000b")
@@ -49,7 +50,7 @@ def box(
             ),
         ),
     ]
-    engine = rules.RuleEngine([rules.parse_cli(a, t) for a, t in specs], pace=pace)
+    engine = rules.RuleEngine([grammar.parse_cli(a, t) for a, t in specs], pace=pace)
     mb = Middlebox(ports, engine=engine, **kw)  # type: ignore[arg-type]
     mb.neighbours.learn("ms0", SERVER, SERVER_MAC, 0.0)
     mb.neighbours.learn("mc0", CLIENT, CLIENT_MAC, 0.0)
@@ -509,7 +510,7 @@ def test_no_express_lane_when_rules_need_data_or_macs_differ() -> None:
         mb, "mc0", from_client(wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0
     ).express_add
     mb.express_done(lane, "add", 0.0)
-    mb.engine.add(rules.parse_cli("drop", "data@1"))
+    mb.engine.add(grammar.parse_cli("drop", "data@1"))
     assert mb.express_recall().express_remove == [lane]
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy import rules
+from core import rules
 from tcplab import roles, scenario
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core import rules as grammar
 from proxy import rules
 
 
@@ -20,7 +21,7 @@ class Seg:
 
 
 def engine(*specs: tuple[str, str], pace: float | None = None) -> rules.RuleEngine:
-    return rules.RuleEngine([rules.parse_cli(a, t) for a, t in specs], pace=pace)
+    return rules.RuleEngine([grammar.parse_cli(a, t) for a, t in specs], pace=pace)
 
 
 def test_nth_counts_per_connection() -> None:
@@ -104,11 +105,11 @@ def test_hold_queue_releases_by_rule_in_arrival_order() -> None:
 
 def test_add_remove_and_names() -> None:
     e = engine(("drop", "syn@1"))
-    again = e.add(rules.parse_cli("drop", "syn@1"))
+    again = e.add(grammar.parse_cli("drop", "syn@1"))
     assert again.name == "drop-syn@1#2"
-    named = rules.parse_table({"action": "drop", "tag": "fin", "name": "lose-fin"}, "t")
+    named = grammar.parse_table({"action": "drop", "tag": "fin", "name": "lose-fin"}, "t")
     e.add(named)
-    with pytest.raises(rules.RuleError, match="'lose-fin' exists already"):
+    with pytest.raises(grammar.RuleError, match="'lose-fin' exists already"):
         e.add(named)
     assert e.remove("drop-syn@1").name == "drop-syn@1"
     with pytest.raises(KeyError, match="no rule named 'nope'"):
@@ -129,8 +130,8 @@ def test_add_remove_and_names() -> None:
     ],
 )
 def test_cli_errors_name_the_rule_and_the_reason(action: str, text: str, message: str) -> None:
-    with pytest.raises(rules.RuleError, match=message):
-        rules.parse_cli(action, text)
+    with pytest.raises(grammar.RuleError, match=message):
+        grammar.parse_cli(action, text)
 
 
 @pytest.mark.parametrize(
@@ -145,22 +146,22 @@ def test_cli_errors_name_the_rule_and_the_reason(action: str, text: str, message
     ],
 )
 def test_table_errors_say_where(table: dict[str, object], message: str) -> None:
-    with pytest.raises(rules.RuleError, match=f"^lab.toml: \\[\\[rules\\]\\] #2: .*{message}"):
-        rules.parse_table(table, "lab.toml: [[rules]] #2")
+    with pytest.raises(grammar.RuleError, match=f"^lab.toml: \\[\\[rules\\]\\] #2: .*{message}"):
+        grammar.parse_table(table, "lab.toml: [[rules]] #2")
 
 
 def test_table_rule() -> None:
-    rule = rules.parse_table(
+    rule = grammar.parse_table(
         {"action": "delay", "tag": "fin", "from": "client", "nth": [1, 2], "delay": "1.5s"}, "t"
     )
-    assert rule.match == rules.Match("fin", "client", frozenset({1, 2}), None)
-    assert rule.delay == 1.5 and rules.format_rule(rule) == "client:fin@1,2=1500ms"
+    assert rule.match == grammar.Match("fin", "client", frozenset({1, 2}), None)
+    assert rule.delay == 1.5 and grammar.format_rule(rule) == "client:fin@1,2=1500ms"
 
 
 @given(
-    action=st.sampled_from(rules.ACTIONS),
+    action=st.sampled_from(grammar.ACTIONS),
     side=st.sampled_from(["", "client:", "server:"]),
-    tag=st.sampled_from([*rules.KNOWN_TAGS, "any"]),
+    tag=st.sampled_from([*grammar.TAGS, "any"]),
     nth=st.lists(st.integers(1, 50), max_size=3),
     conn=st.none() | st.integers(1, 100),
     delay_ms=st.integers(0, 100_000),
@@ -175,5 +176,5 @@ def test_format_parse_round_trip(
         text += f"#{conn}"
     if action == "delay":
         text += f"={delay_ms}ms"
-    rule = rules.parse_cli(action, text)
-    assert rules.parse_cli(action, rules.format_rule(rule)) == rule
+    rule = grammar.parse_cli(action, text)
+    assert grammar.parse_cli(action, grammar.format_rule(rule)) == rule

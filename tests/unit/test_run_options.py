@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 import proxy.__main__ as proxy_main
+from core.units import parse_duration
 from daemons import client as client_daemon
 from daemons import server as server_daemon
 from proxy import options as proxy_options
 from tcplab import cli, runner, scenario, topology
-from tcplab.units import parse_duration
 
 LAB = topology.Lab("abc123", topology.Forwarding.PROXY, topology.Addressing(slot=7))
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from tcplab import events, scenario
-from tcplab.events import Segment, TcpState
+from core import events
+from core.events import Segment, TcpState
+from tcplab import scenario
 
 GOOD = """
 name = "demo"

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.events import TCP_STATES
 from daemons import sockdiag
-from tcplab.events import TCP_STATES
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "sockdiag"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from core.events import TcpState
 from daemons.statemachine import (
     MAX_POLL_INTERVAL,
     Snapshot,
@@ -15,7 +16,6 @@ from daemons.statemachine import (
     merge_dump,
     poll_interval,
 )
-from tcplab.events import TcpState
 
 CLIENT = ("192.0.2.1", 40312, "198.51.100.1", 7007)
 SERVER = ("198.51.100.1", 7007, "192.0.2.1", 40312)

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tcplab import causality, events, timeline
-from tcplab.events import Record, Segment, TcpState
+from core import events
+from core.events import Record, Segment, TcpState
+from tcplab import causality, timeline
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "timeline"
 RUNS = ("lost-last-ack", "lost-last-ack-polled")

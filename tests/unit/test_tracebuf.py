@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tcplab import tracebuf
-from tcplab.tracebuf import (
+from core import tracebuf
+from core.tracebuf import (
     DEFAULT_LAYOUT,
     RB_MISSED_EVENTS,
     RB_MISSED_STORED,

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tcplab.units import format_duration, parse_duration
+from core.units import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from tcplab.units import format_duration, parse_duration
+from core.units import format_duration, parse_duration
 
 SERVER_POLICIES = ("immediate", "linger", "never", "abort", "first", "half")
 CLIENT_POLICIES = ("active", "shutdown", "passive", "abort", "never")

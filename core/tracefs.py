@@ -1,4 +1,4 @@
-"""The shell around :mod:`tcplab.tracebuf`: a private ftrace instance under
+"""The shell around :mod:`core.tracebuf`: a private ftrace instance under
 tracefs that records the TCP tracepoints, and the per-CPU binary pipes it is
 read through.
 
@@ -56,7 +56,7 @@ Reading (kernel/trace/trace.c, ``tracing_buffers_read()``)
 
 Lost events
     The buffer overwrites its oldest page when full; the next page read then
-    carries ``RB_MISSED_EVENTS`` (see :mod:`tcplab.tracebuf`).  :attr:`lost`
+    carries ``RB_MISSED_EVENTS`` (see :mod:`core.tracebuf`).  :attr:`lost`
     adds up the counts (one where the kernel could not store the count).
 
 CPUs
@@ -90,7 +90,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final, Self
 
-from tcplab import tracebuf
+from core import tracebuf
 
 __all__ = [
     "TRACEFS_MOUNTS",
@@ -105,6 +105,10 @@ TRACEFS_MOUNTS: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tr
 NAME_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+$")
 EVENT_RE: Final = re.compile(r"^[A-Za-z0-9_]+/[A-Za-z0-9_]+$")
 RMDIR_RETRY_S: Final = 2.0
+
+TRACE_PREFIX = "tcplab-"
+"""Every ftrace instance the lab makes is named with this prefix (``tcplab-<lab>-cli``,
+``tcplab-watch-<pid>``), so ``tcplab clean`` finds those a killed run left."""
 
 
 class TracefsError(OSError):

@@ -8,7 +8,7 @@ the only thing that ties the ``CLOSE -> SYN_SENT`` event (printed with
 its connection, and nanoseconds keep events of one connection in order.
 
 This module is pure: bytes and text in, dataclasses out; no I/O, no clock.
-:mod:`tcplab.tracefs` is the shell that gets the bytes.
+:mod:`core.tracefs` is the shell that gets the bytes.
 
 Formats (``events/SYSTEM/EVENT/format``)
     :func:`parse_format` reads an event's field table (name, offset, size,

@@ -6,8 +6,10 @@ One parser for the whole lab (daemon options, proxy rules, scenario files), so
 
 from __future__ import annotations
 
+import argparse
 import math
 import re
+from collections.abc import Callable
 
 _UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|min|m|h)\s*$")
@@ -40,3 +42,20 @@ def format_duration(seconds: float) -> str:
     if abs(ms - round(ms)) < 1e-9:
         return f"{round(ms)}ms"
     return f"{round(seconds * 1e6)}us"
+
+
+def duration_argument(maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type`` for a duration option (``--interval 5ms``): the
+    value in seconds, or an :class:`argparse.ArgumentTypeError` that argparse
+    prints after the option's name; ``maximum`` (seconds) bounds it."""
+
+    def parse(text: str) -> float:
+        try:
+            seconds = parse_duration(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if maximum is not None and seconds > maximum:
+            raise argparse.ArgumentTypeError(f"{text!r}: at most {format_duration(maximum)}")
+        return seconds
+
+    return parse

@@ -7,7 +7,7 @@
 * ``fmt="auto"`` — console when the stream is a tty, JSON lines otherwise.
 
 Every line carries ``component`` and ``event`` and the record's own ``ts``
-(when the fact happened: :mod:`tcplab.events`).  The processor chain never
+(when the fact happened: :mod:`core.events`).  The processor chain never
 supplies ``ts``; it adds ``logged_ts``, when the line was written, so the gap
 between a fact and its report can be measured.  A structlog call without
 ``ts`` is a bug: its line does not parse as an event, and the runner reports
