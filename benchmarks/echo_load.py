@@ -290,12 +290,16 @@ def server_argv(mode: str, ns: str, address: str, backlog: int, trace: str) -> l
     if mode == "minimal":
         return [sys.executable, me, "--role", "minimal", "--netns", ns, "--address", address,
                 "--backlog", str(backlog)]  # fmt: skip
-    argv = [sys.executable, "-m", "daemons.server", "--netns", ns, "--listen", address]
-    if mode == "trace":
-        argv += ["--trace", trace]
-    if mode == "no-observer":
-        argv += ["--no-observer"]
-    return argv
+    from core import options
+    from daemons.options import ServerOptions, endpoint
+
+    server = ServerOptions(
+        netns=ns,
+        listen=endpoint(address),
+        trace=trace if mode == "trace" else None,
+        observer=mode != "no-observer",
+    )
+    return [sys.executable, "-m", "daemons.server", *options.to_argv(server)]
 
 
 def analyse_log(log: Path, conns: list[dict[str, Any]], client: str, server: str) -> dict[str, Any]:

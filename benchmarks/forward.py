@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator
 
 from core import control, netns
+from proxy.options import ProxyOptions
 from tcplab import runner, topology
 
 PORT = 9000
@@ -136,8 +137,12 @@ def proxy_running(lab: topology.Lab, log_segments: str) -> Iterator[str]:
     path = runner.control_path(lab)
     argv = runner.daemon_argv(
         "proxy",
-        lab.ns("mbx"),
-        ["--control", path, "--log-segments", log_segments],
+        ProxyOptions(
+            netns=lab.ns("mbx"),
+            log_format="json",
+            control=path,
+            log_segments=log_segments,  # type: ignore[arg-type]
+        ),
     )
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)

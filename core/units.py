@@ -7,11 +7,21 @@ One parser for the whole lab (daemon options, proxy rules, scenario files), so
 from __future__ import annotations
 
 import argparse
+import decimal
 import math
 import re
 from collections.abc import Callable
 
-_UNITS = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+_UNITS = {
+    unit: decimal.Decimal(scale)
+    for unit, scale in {
+        "us": "0.000001", "µs": "0.000001", "ms": "0.001", "s": "1", "m": "60", "min": "60",
+        "h": "3600",
+    }.items()
+}  # fmt: skip
+"""Seconds per unit, exactly: ``25000us`` and ``25ms`` are the same decimal,
+so they parse to the same float (with binary scales, 25000 × 1e-6 is
+0.024999999999999998 and 25 × 1e-3 is 0.025)."""
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(us|µs|ms|s|min|m|h)\s*$")
 
 
@@ -26,7 +36,7 @@ def parse_duration(text: str) -> float:
         raise ValueError(
             f"bad duration {text!r}: expected a number and a unit (us, ms, s, m, h){hint}"
         )
-    value = float(match.group(1)) * _UNITS[match.group(2)]
+    value = float(decimal.Decimal(match.group(1)) * _UNITS[match.group(2)])
     if not math.isfinite(value):
         raise ValueError(f"bad duration {text!r}: not finite")
     return value

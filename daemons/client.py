@@ -22,7 +22,6 @@ EADDRNOTAVAIL…), and the exit status is 1 if any conversation failed.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import socket
@@ -32,11 +31,11 @@ from typing import Any
 
 import trio
 
-from core import events
+from core import events, options
 from core.events import App, ConversationDone, DaemonDone, DaemonReady, emit
-from core.policies import CLIENT_POLICIES as POLICIES
 from daemons import common
 from daemons.observer import Observer, TraceConfig, trace_filters
+from daemons.options import ClientOptions
 from daemons.server import LineReader, MessageTooLong, _error, _send_logged
 
 
@@ -47,7 +46,7 @@ class ConversationError(Exception):
 
 
 class Client:
-    def __init__(self, args: argparse.Namespace, log: Any) -> None:
+    def __init__(self, args: ClientOptions, log: Any) -> None:
         self.args = args
         self.log = log
         host, port = args.connect
@@ -281,45 +280,13 @@ class Client:
             self.observer.note(key, "snd_fin", "closed")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m daemons.client", description=__doc__.split("\n")[0]
+def parse_args(argv: list[str] | None) -> ClientOptions:
+    return options.from_argv(
+        ClientOptions, argv, prog="python -m daemons.client", description=__doc__.split("\n")[0]
     )
-    common.add_common(parser)
-    parser.add_argument("--connect", type=common.address, default=("198.51.100.1", 7007))
-    parser.add_argument(
-        "--send",
-        action="append",
-        default=None,
-        metavar="TEXT",
-        help="a message to send and expect back (repeatable; default: hello)",
-    )
-    parser.add_argument("--count", type=common.positive_int, default=1, help="connections to make")
-    parser.add_argument(
-        "--concurrency", type=common.positive_int, default=1, help="connections at a time"
-    )
-    parser.add_argument("--close", choices=POLICIES, default="active")
-    parser.add_argument(
-        "--connect-timeout", type=common.duration, default=common.duration("10s"), metavar="D"
-    )
-    parser.add_argument(
-        "--reply-timeout",
-        type=common.duration,
-        default=common.duration("10s"),
-        metavar="D",
-        help="the whole exchange on one connection must end within D",
-    )
-    parser.add_argument("--max-message", type=common.positive_int, default=65536, metavar="BYTES")
-    args = parser.parse_args(argv)
-    if args.send is None:
-        args.send = ["hello"]
-    for text in args.send:
-        if "\n" in text:
-            parser.error(f"--send {text!r}: a message is one line (no newline)")
-    return args
 
 
-async def amain(args: argparse.Namespace, log: Any) -> int:
+async def amain(args: ClientOptions, log: Any) -> int:
     client = Client(args, log)
 
     async def work() -> None:

@@ -3,7 +3,6 @@ namespace, logging setup, socket helpers."""
 
 from __future__ import annotations
 
-import argparse
 import errno
 import signal
 import socket
@@ -16,7 +15,6 @@ import trio
 
 from core import events, logs, netns, proc
 from core.events import App, emit
-from core.units import duration_argument
 
 if TYPE_CHECKING:
     from daemons.observer import Observer
@@ -24,71 +22,7 @@ if TYPE_CHECKING:
 Key = tuple[str, int, str, int]
 
 
-duration = duration_argument()
-
-
-def address(text: str) -> tuple[str, int]:
-    try:
-        return events.parse_endpoint(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{exc} (expected ADDR:PORT, [ADDR6]:PORT)") from None
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
-
-
-def port(text: str) -> int:
-    """A TCP port, 1 to 65535."""
-    if not text.isdigit() or len(text) > 5 or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"not a port (1 to 65535): {text!r}")
-    return int(text)
-
-
-def count(text: str) -> int:
-    """A whole number ≥ 0."""
-    if not text.isdigit() or len(text) > 9:
-        raise argparse.ArgumentTypeError(f"not a whole number ≥ 0: {text!r}")
-    return int(text)
-
-
-def add_common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--netns", help="enter this network namespace before opening sockets")
-    parser.add_argument(
-        "--log-format", choices=logs.FORMATS, default="auto", help="console on a tty, else JSON"
-    )
-    parser.add_argument(
-        "--observe-interval",
-        type=duration,
-        default=duration("5ms"),
-        metavar="D",
-        help="how often the observer polls sock_diag (default 5ms)",
-    )
-    parser.add_argument(
-        "--trace",
-        metavar="INSTANCE",
-        default=None,
-        help="also read socket states from the kernel's tracepoints, in this ftrace "
-        "instance (made and removed by the observer; needs tracefs and CAP_SYS_ADMIN; "
-        "without it, or when that fails, polling alone)",
-    )
-    parser.add_argument(
-        "--observe-for",
-        type=duration,
-        default=None,
-        metavar="D",
-        help="after the conversation, keep observing at most this long "
-        "(default: until the sockets are gone)",
-    )
-
-
-def setup(component: str, args: argparse.Namespace) -> Any:
+def setup(component: str, args: Any) -> Any:
     """Die with the process that started us (when it asks), enter the
     namespace (before any thread or socket exists) and configure logging;
     exits with status 2 and a clear message if the namespace is bad."""

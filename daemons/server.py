@@ -35,7 +35,6 @@ raised to its hard limit; the event lines are written in batches.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 import time
@@ -43,19 +42,13 @@ from typing import Any
 
 import trio
 
-from core import events
+from core import events, options
 from core.events import App, DaemonDone, DaemonReady, emit
 from core.policies import ClosePolicy
 from daemons import common
 from daemons.observer import Observer, TraceConfig, local_filter, trace_filters
+from daemons.options import ServerOptions
 from daemons.statemachine import Fact
-
-
-def close_policy(text: str) -> ClosePolicy:
-    try:
-        return ClosePolicy.parse(text)
-    except (ValueError, argparse.ArgumentTypeError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class MessageTooLong(Exception):
@@ -99,7 +92,7 @@ class LineReader:
 
 
 class Server:
-    def __init__(self, args: argparse.Namespace, log: Any) -> None:
+    def __init__(self, args: ServerOptions, log: Any) -> None:
         self.args = args
         self.log = log
         self.policy: ClosePolicy = args.close
@@ -412,65 +405,13 @@ def _error(log: Any, conn: str | None, op: str, how: str, detail: str) -> None:
     emit(log, App(kind=events.APP_ERROR, ts=time.time(), conn=conn, op=op, how=how, detail=detail))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m daemons.server", description=__doc__.split("\n")[0]
+def parse_args(argv: list[str] | None) -> ServerOptions:
+    return options.from_argv(
+        ServerOptions, argv, prog="python -m daemons.server", description=__doc__.split("\n")[0]
     )
-    common.add_common(parser)
-    parser.add_argument("--listen", type=common.address, default=("198.51.100.1", 7007))
-    parser.add_argument(
-        "--close",
-        type=close_policy,
-        default=ClosePolicy("immediate"),
-        metavar="POLICY",
-        help="immediate | linger:D | never | abort | first[:N] | half[:N]",
-    )
-    parser.add_argument(
-        "--max-conns",
-        type=common.positive_int,
-        default=None,
-        metavar="N",
-        help="stop accepting after N connections (default: serve forever)",
-    )
-    parser.add_argument(
-        "--idle-timeout",
-        type=common.duration,
-        default=common.duration("30s"),
-        metavar="D",
-        help="drop a connection silent this long (default 30s)",
-    )
-    parser.add_argument(
-        "--max-message",
-        type=common.positive_int,
-        default=65536,
-        metavar="BYTES",
-        help="longest line accepted (default 65536)",
-    )
-    parser.add_argument(
-        "--backlog",
-        type=common.positive_int,
-        default=None,
-        metavar="N",
-        help="listen backlog (default: the namespace's net.core.somaxconn, the most the "
-        f"kernel allows; {common.DEFAULT_BACKLOG} when it cannot be read)",
-    )
-    parser.add_argument(
-        "--no-observer",
-        dest="observer",
-        action="store_false",
-        help="do not observe socket states (no tcp_state records, no sock_diag, no "
-        "tracepoints): the echo server alone, for measuring what observing costs",
-    )
-    parser.add_argument(
-        "--farewell",
-        default=None,
-        metavar="TEXT",
-        help="send TEXT after the client's FIN, before closing",
-    )
-    return parser.parse_args(argv)
 
 
-async def amain(args: argparse.Namespace, log: Any) -> int:
+async def amain(args: ServerOptions, log: Any) -> int:
     server = Server(args, log)
 
     async def work() -> None:

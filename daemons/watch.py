@@ -10,53 +10,26 @@ namespace) and from sock_diag polls always.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from collections.abc import Callable
 
 import trio
 
-from core import logs, netns
+from core import netns, options
 from core.tracefs import TRACE_PREFIX
-from core.units import duration_argument
 from daemons import common
 from daemons.observer import Observer, TraceConfig, port_filter, trace_filters
-
-MAX_DURATION_S = 2 * 3600.0
-"""Longest ``--duration`` or ``--interval`` accepted (two hours)."""
+from daemons.options import WatchOptions
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+def parse_args(argv: list[str] | None) -> WatchOptions:
+    return options.from_argv(
+        WatchOptions,
+        argv,
         prog="python -m daemons.watch",
         description="Print the TCP state changes of sockets in a network namespace.",
     )
-    parser.add_argument("--netns", required=True, help="network namespace to watch")
-    parser.add_argument(
-        "--port", type=common.port, action="append", help="only sockets with this port"
-    )
-    parser.add_argument(
-        "--interval",
-        type=duration_argument(MAX_DURATION_S),
-        default=0.005,
-        metavar="D",
-        help="how often to poll sock_diag (default 5ms)",
-    )
-    parser.add_argument(
-        "--duration",
-        type=duration_argument(MAX_DURATION_S),
-        default=None,
-        metavar="D",
-        help="stop after D (default: until Ctrl-C)",
-    )
-    parser.add_argument("--log-format", choices=logs.FORMATS, default="auto")
-    parser.add_argument(
-        "--no-trace",
-        action="store_true",
-        help="poll sock_diag only (default: also the kernel's tracepoints, where tracefs works)",
-    )
-    return parser.parse_args(argv)
 
 
 def own_addresses() -> frozenset[str]:
@@ -74,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"watch: no network namespace {args.netns!r}", file=sys.stderr)
         return 1
     log = common.setup("watch", args)
-    by_port = port_filter(args.port or [])
+    by_port = port_filter(args.port)
     match: Callable[[common.Key], bool] = by_port
     trace: TraceConfig | None = None
     if not args.no_trace:

@@ -18,7 +18,6 @@ without it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import sys
@@ -29,42 +28,22 @@ from typing import Any
 
 import trio
 
-from core import logs, netns, proc
+from core import logs, netns, options, proc
 from core.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 from core.rules import RuleError
 from proxy import capture, control, express, forward, rules
-from proxy.middlebox import LOG_SEGMENT_MODES, Middlebox, Output
+from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import RouteTable
-from proxy.options import add_rule_options, rules_from_args, rules_from_file
+from proxy.options import ProxyOptions, rules_from_file
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m proxy", description="tcplab middlebox: forwards frames, applies faults"
+def parse_args(argv: list[str] | None) -> ProxyOptions:
+    return options.from_argv(
+        ProxyOptions,
+        argv,
+        prog="python -m proxy",
+        description="tcplab middlebox: forwards frames, applies faults",
     )
-    parser.add_argument("--netns", help="enter this network namespace first")
-    parser.add_argument("--front", default="mc0", help="client-side interface (default mc0)")
-    parser.add_argument("--back", default="ms0", help="server-side interface (default ms0)")
-    add_rule_options(parser)
-    parser.add_argument("--rules", type=Path, help="a TOML file with [[rules]] tables")
-    parser.add_argument("--pcap", type=Path, help="write every frame seen to this pcapng file")
-    parser.add_argument("--control", type=Path, help="serve the control API on this Unix socket")
-    parser.add_argument(
-        "--log-segments",
-        choices=LOG_SEGMENT_MODES,
-        default="all",
-        help="all: every segment; control: handshake, teardown, resets, retransmits "
-        "and any segment a rule touched; none",
-    )
-    parser.add_argument(
-        "--express",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="hand established connections no rule can touch to a kernel fast path "
-        "(auto: when --log-segments is not all; see proxy/express.py)",
-    )
-    parser.add_argument("--log-format", choices=logs.FORMATS, default="auto")
-    return parser.parse_args(argv)
 
 
 def _express_setup(ports: list[str]) -> None:
@@ -121,7 +100,7 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 
 async def amain(
-    args: argparse.Namespace,
+    args: ProxyOptions,
     log: Any,
     engine: rules.RuleEngine,
     outcome: Outcome | None = None,
@@ -158,7 +137,8 @@ async def amain(
         else:
             sock, index = forward.open_packet_socket(port.name)
             interfaces.append(forward.Interface(port, index, sock))
-    pcap_file = args.pcap.open("wb") if args.pcap else None
+    # opened once before forwarding starts, closed in the finally below
+    pcap_file = Path(args.pcap).open("wb") if args.pcap else None  # noqa: ASYNC230, SIM115
     middlebox.describe_every_segment = pcap_file is not None
     writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
 
@@ -205,7 +185,9 @@ async def amain(
                     )
                     # a socket that cannot be made stops the proxy before it starts
                     control_sock = await control.bind(args.control)
-                    nursery.start_soon(_serve_control, control_sock, args.control, controller, log)
+                    nursery.start_soon(
+                        _serve_control, control_sock, Path(args.control), controller, log
+                    )
                 emit(
                     log,
                     DaemonReady(
@@ -256,10 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     proc.die_with_parent()  # when a run started us; `lab up` does not ask
     args = parse_args(argv)
     try:
-        parsed, pace = rules_from_args(args)
-        if args.rules:
-            parsed = rules_from_file(args.rules) + parsed
-        engine = rules.RuleEngine(parsed, pace=pace)
+        parsed = list(args.rules)
+        if args.rules_file:
+            parsed = rules_from_file(Path(args.rules_file)) + parsed
+        engine = rules.RuleEngine(parsed, pace=args.pace)
     except RuleError as exc:
         print(f"proxy: {exc}", file=sys.stderr)
         return 2

@@ -63,6 +63,7 @@ from proxy import flows as flowsmod
 from proxy import rules as rulesmod
 from proxy import wire
 from proxy.neighbours import NeighbourTable, Port, Released, RouteTable
+from proxy.options import LogSegments
 
 # a FIN, RST or SYN takes a connection out of the express lane
 _LANE_EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN
@@ -80,8 +81,6 @@ frames once wrote a 102 MB log, one line per frame)."""
 DROP_LOG_BURST = 10
 """``frame_dropped`` records per reason that may be logged back to back."""
 
-LogSegments = Literal["all", "control", "none"]
-LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
 CONTROL_TAGS = frozenset(
     {"syn", "syn-ack", "handshake-ack", "fin", "fin-ack", "last-ack", "rst", "retransmit"}
 )

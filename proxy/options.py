@@ -1,65 +1,117 @@
-"""Fault options shared by ``python -m proxy``, ``tcplab run`` and
-``tcplab lab up``: parsed (and refused, naming the bad option) before
-anything starts, then passed on to the proxy process as they were given."""
+"""The proxy's options as data (pure): :class:`ProxyOptions`, parsed from
+``python -m proxy``'s argv and turned back into argv by whoever starts it
+(:mod:`core.options`).
+
+The fault options (``--drop/--delay/--hold/--duplicate/--reset RULE``,
+``--pace D``) are shared with ``tcplab run`` and ``tcplab lab up``
+(:data:`FAULTS`): parsed, and refused naming the bad option, before
+anything starts; the proxy gets them as :func:`core.options.to_argv`
+writes them.
+"""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
-from core import rules
+from core import logs
+from core import rules as grammar
+from core.options import multi, option
+from core.units import format_duration
 
-RULE_ACTIONS = ("drop", "delay", "hold", "duplicate", "reset")
+RULE_ACTIONS: tuple[grammar.Action, ...] = ("drop", "delay", "hold", "duplicate", "reset")
+"""The rule options, in the order their rules are listed."""
+FAULTS: tuple[str, ...] = ("rules", "pace")
+"""The fields that say what to break."""
+LogSegments = Literal["all", "control", "none"]
+LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
+EXPRESS_MODES = ("auto", "on", "off")
 
 
-def add_rule_options(parser: argparse.ArgumentParser) -> None:
-    """``--drop/--delay/--hold/--duplicate/--reset RULE`` and ``--pace D``
-    (shared with ``tcplab run`` and ``tcplab lab up``)."""
-    group = parser.add_argument_group(
-        "faults (repeatable; TAG[@N[,N]][#CONN], from: client:/server:)"
+def _rule_parser(action: grammar.Action) -> Callable[[str], grammar.Rule]:
+    def parse(text: str) -> grammar.Rule:
+        return grammar.parse_cli(action, text)
+
+    parse.__name__ = f"{action} rule"
+    return parse
+
+
+_RULE_HELP: dict[str, str] = {
+    "drop": "e.g. syn-ack@1",
+    "delay": "RULE=D, e.g. client:fin@1=2s",
+    "hold": "keep until released",
+    "duplicate": "send twice",
+    "reset": "answer with RST both ways",
+}
+
+
+def _flag_of(rule: grammar.Rule) -> str:
+    return f"--{rule.action}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ProxyOptions:
+    """``python -m proxy``."""
+
+    netns: str | None = option("--netns", None, help="enter this network namespace first")
+    front: str = option("--front", "mc0", help="client-side interface (default mc0)")
+    back: str = option("--back", "ms0", help="server-side interface (default ms0)")
+    rules: tuple[grammar.Rule, ...] = multi(
+        [(f"--{action}", _rule_parser(action), _RULE_HELP[action]) for action in RULE_ACTIONS],
+        flag_of=_flag_of,
+        show=grammar.format_rule,
+        metavar="RULE",
     )
-    group.add_argument("--drop", action="append", default=[], metavar="RULE", help="e.g. syn-ack@1")
-    group.add_argument(
-        "--delay", action="append", default=[], metavar="RULE=D", help="e.g. client:fin@1=2s"
+    """``--drop syn-ack@1 --delay client:fin@1=2s``…: in the order given,
+    which is the order they are tried (:mod:`proxy.rules`)."""
+    pace: float | None = option(
+        "--pace",
+        None,
+        parse=grammar.parse_pace,
+        show=format_duration,
+        metavar="D",
+        help="delay every segment by D (slow motion)",
     )
-    group.add_argument(
-        "--hold", action="append", default=[], metavar="RULE", help="keep until released"
+    rules_file: str | None = option(
+        "--rules", None, metavar="FILE", help="a TOML file with [[rules]] tables"
     )
-    group.add_argument("--duplicate", action="append", default=[], metavar="RULE")
-    group.add_argument(
-        "--reset", action="append", default=[], metavar="RULE", help="answer with RST both ways"
+    pcap: str | None = option(
+        "--pcap", None, metavar="FILE", help="write every frame seen to this pcapng file"
     )
-    group.add_argument("--pace", metavar="D", help="delay every segment by D (slow motion)")
+    control: str | None = option(
+        "--control", None, metavar="PATH", help="serve the control API on this Unix socket"
+    )
+    log_segments: LogSegments = option(
+        "--log-segments",
+        "all",
+        choices=LOG_SEGMENT_MODES,
+        help="all: every segment; control: handshake, teardown, resets, retransmits "
+        "and any segment a rule touched; none",
+    )
+    express: str = option(
+        "--express",
+        "auto",
+        choices=EXPRESS_MODES,
+        help="hand established connections no rule can touch to a kernel fast path "
+        "(auto: when --log-segments is not all; see proxy/express.py)",
+    )
+    log_format: logs.LogFormat = option("--log-format", "auto", choices=logs.FORMATS)
+
+    @property
+    def faults(self) -> dict[str, object]:
+        """Only the fault fields (to carry them over to another ProxyOptions)."""
+        return {name: getattr(self, name) for name in FAULTS}
 
 
-def rules_from_args(args: argparse.Namespace) -> tuple[list[rules.Rule], float | None]:
-    """The rules the options ask for; RuleError names the bad option."""
-    out: list[rules.Rule] = []
-    for action in RULE_ACTIONS:
-        for text in getattr(args, action):
-            out.append(rules.parse_cli(action, text))
-    pace = rules.parse_pace(args.pace) if args.pace else None
-    return out, pace
-
-
-def rule_argv(args: argparse.Namespace) -> list[str]:
-    """The options again, to pass on to a proxy process."""
-    argv: list[str] = []
-    for action in RULE_ACTIONS:
-        for text in getattr(args, action):
-            argv += [f"--{action}", text]
-    if args.pace:
-        argv += ["--pace", args.pace]
-    return argv
-
-
-def rules_from_file(path: Path) -> list[rules.Rule]:
+def rules_from_file(path: Path) -> list[grammar.Rule]:
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise rules.RuleError(f"{path}: {exc}") from None
+        raise grammar.RuleError(f"{path}: {exc}") from None
     tables = data.get("rules", [])
     if not isinstance(tables, list):
-        raise rules.RuleError(f"{path}: 'rules' must be an array of tables ([[rules]])")
-    return [rules.parse_table(t, f"{path}: [[rules]] #{i}") for i, t in enumerate(tables, 1)]
+        raise grammar.RuleError(f"{path}: 'rules' must be an array of tables ([[rules]])")
+    return [grammar.parse_table(t, f"{path}: [[rules]] #{i}") for i, t in enumerate(tables, 1)]

@@ -18,10 +18,10 @@ import sys
 import time
 from typing import Any
 
-from core import events, logs, netns
+from core import events, logs, netns, options
 from core.proc import PARENT_ENV, child_env, die_with_parent
-from core.units import duration_argument, format_duration, parse_duration
-from proxy.options import add_rule_options
+from core.units import duration_argument, format_duration
+from proxy.options import FAULTS, ProxyOptions
 from tcplab import causality, connview, topology
 
 EXIT_USAGE = 2
@@ -101,25 +101,17 @@ def _need_net_admin(what: str) -> None:
 # --- run ---------------------------------------------------------------------
 
 
-def _fault_argv(args: argparse.Namespace, command: str) -> tuple[str, ...]:
-    """Validate the fault options now (nothing starts if one is wrong) and
-    return them as the proxy's arguments."""
-    from core import rules
-    from proxy import options
-
-    try:
-        options.rules_from_args(args)
-    except rules.RuleError as exc:
-        print(f"tcplab {command}: {exc}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE) from None
-    argv = options.rule_argv(args)
-    if getattr(args, "forwarding", "proxy") == "kernel" and argv:
+def _faults(args: argparse.Namespace, command: str) -> ProxyOptions:
+    """The fault options (parsed, so checked, by argparse already): the
+    proxy's rules and pace, nothing else set."""
+    faults = options.from_namespace(ProxyOptions, args, only=FAULTS)
+    if getattr(args, "forwarding", "proxy") == "kernel" and faults != ProxyOptions():
         print(
             f"tcplab {command}: faults need the proxy; drop --forwarding kernel",
             file=sys.stderr,
         )
         raise SystemExit(EXIT_USAGE)
-    return tuple(argv)
+    return faults
 
 
 AD_HOC_DEFAULTS: dict[str, Any] = {
@@ -155,9 +147,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _need_net_admin("run")
     from tcplab import runner, transcript
 
-    fault_argv = _fault_argv(args, "run")
-    if _value(args, "log_segments") != "all":
-        fault_argv += ("--log-segments", _value(args, "log_segments"))
+    faults = dataclasses.replace(
+        _faults(args, "run"),
+        log_segments=_value(args, "log_segments"),
+        pcap=os.path.abspath(args.pcap) if args.pcap else None,
+    )
 
     opts = runner.RunOptions(
         server_close=_value(args, "server_close"),
@@ -171,8 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         farewell=args.farewell,
         sysctls=_sysctl_map(args.sysctl or []),
         forwarding=topology.Forwarding(args.forwarding or "proxy"),
-        proxy_args=fault_argv,
-        pcap=os.path.abspath(args.pcap) if args.pcap else None,
+        proxy=faults,
         trace=not args.no_trace,
     )
     out = sys.stdout
@@ -239,18 +232,17 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
     apply."""
     from tcplab import runner
 
-    fault_argv = _fault_argv(args, "run")
-    pace = parse_duration(args.pace) if args.pace else None
-    opts = runner.scenario_options(sc, pace=pace)
+    faults = _faults(args, "run")
+    opts = runner.scenario_options(sc, pace=faults.pace)
     # the scenario's rules first, then the ones given: where both match a
     # segment, the scenario's decides (proxy/rules.py: the first that fires)
-    extra = _without_option(fault_argv, "--pace")
-    proxy_args = (*opts.proxy_args, *extra)
-    if _given(args, "log_segments") is not None:
-        proxy_args = _without_option(proxy_args, "--log-segments")
-        if args.log_segments != "all":
-            proxy_args += ("--log-segments", args.log_segments)
-    replace: dict[str, Any] = {"proxy_args": proxy_args, "trace": not args.no_trace}
+    proxy = dataclasses.replace(
+        opts.proxy,
+        rules=opts.proxy.rules + faults.rules,
+        log_segments=_given(args, "log_segments") or opts.proxy.log_segments,
+        pcap=os.path.abspath(args.pcap) if args.pcap else None,
+    )
+    replace: dict[str, Any] = {"proxy": proxy, "trace": not args.no_trace}
     for name in ("server_close", "client_close", "count", "concurrency", "port", "observe_for"):
         if _given(args, name) is not None:
             replace[name] = _given(args, name)
@@ -260,8 +252,6 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
         replace["farewell"] = args.farewell
     if args.ipv6:
         replace["ipv6"] = True
-    if args.pcap:
-        replace["pcap"] = os.path.abspath(args.pcap)
     sysctls: dict[topology.Side, dict[str, str]] = {
         side: dict(values) for side, values in sc.sysctls.items()
     }
@@ -269,7 +259,7 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
         sysctls.setdefault(side, {}).update(values)
     replace["sysctls"] = sysctls
     if args.forwarding == "kernel":
-        if sc.rules or sc.pace or fault_argv:
+        if sc.rules or sc.pace or faults != ProxyOptions():
             print(
                 f"tcplab run: {sc.name} needs the proxy for its faults; drop --forwarding kernel",
                 file=sys.stderr,
@@ -290,20 +280,6 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
         )
     spec = topology.LabSpec(forwarding=opts.forwarding, sysctls=opts.sysctls)
     return sc, opts, spec
-
-
-def _without_option(argv: tuple[str, ...], name: str) -> tuple[str, ...]:
-    out: list[str] = []
-    skip = False
-    for item in argv:
-        if skip:
-            skip = False
-            continue
-        if item == name:
-            skip = True
-            continue
-        out.append(item)
-    return tuple(out)
 
 
 def cmd_run_scenario(args: argparse.Namespace) -> int:
@@ -505,7 +481,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         sysctls=_sysctl_map(args.sysctl or []),
         persistent=True,
     )
-    fault_argv = _fault_argv(args, "lab up")
+    faults = _faults(args, "lab up")
     try:
         lab = topology.create(spec)
     except topology.TopologyError as exc:
@@ -513,7 +489,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         return 1
     if lab.forwarding is topology.Forwarding.PROXY:
         try:
-            _start_background_proxy(lab, fault_argv)
+            _start_background_proxy(lab, faults)
         except (OSError, TimeoutError) as exc:
             topology.destroy(lab.lab_id)
             print(f"tcplab lab up: the proxy did not start: {exc}", file=sys.stderr)
@@ -557,10 +533,10 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
 
 
 def _proxy_log(lab: topology.Lab) -> str:
-    return str(topology.RECORD_DIR / f"{lab.lab_id}.proxy.log")
+    return str(topology.proxy_log_path(lab.lab_id))
 
 
-def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> None:
+def _start_background_proxy(lab: topology.Lab, faults: ProxyOptions) -> None:
     """The proxy for a lab that stays up: a process of its own (it lives in
     the middle namespace, so `lab down` and `clean` stop it with the rest),
     logging to a file; returns once its control socket answers."""
@@ -571,11 +547,15 @@ def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> N
     from tcplab import runner
 
     sock = runner.control_path(lab)
-    argv = runner.daemon_argv(
-        "proxy",
-        lab.ns("mbx"),
-        ["--front", topology.FRONT_IF, "--back", topology.BACK_IF, "--control", sock, *fault_argv],
+    proxy = dataclasses.replace(
+        faults,
+        netns=lab.ns("mbx"),
+        log_format="json",
+        front=topology.FRONT_IF,
+        back=topology.BACK_IF,
+        control=sock,
     )
+    argv = runner.daemon_argv("proxy", proxy)
     with open(_proxy_log(lab), "ab") as log:
         env = dict(os.environ)
         env.pop(PARENT_ENV, None)  # it outlives us: `lab down` stops it
@@ -608,7 +588,6 @@ def _start_background_proxy(lab: topology.Lab, fault_argv: tuple[str, ...]) -> N
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     from core import control, rules
-    from proxy import options
     from tcplab import runner
 
     # Build (and so validate) the requests first: a malformed rule is named
@@ -617,17 +596,12 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     if args.proxy_command == "rules":
         requests.append({"op": "rules"})
     elif args.proxy_command == "add":
-        try:
-            parsed, pace = options.rules_from_args(args)
-        except rules.RuleError as exc:
-            print(f"tcplab proxy add: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        for action in options.RULE_ACTIONS:
-            for text in getattr(args, action):
-                requests.append({"op": "add", "action": action, "rule": text})
-        if args.pace:
-            requests.append({"op": "pace", "value": args.pace})
-        if not parsed and pace is None:
+        faults = options.from_namespace(ProxyOptions, args, only=FAULTS)
+        for rule in faults.rules:
+            requests.append({"op": "add", "action": rule.action, "rule": rules.format_rule(rule)})
+        if faults.pace is not None:
+            requests.append({"op": "pace", "value": format_duration(faults.pace)})
+        if not faults.rules and faults.pace is None:
             print("tcplab proxy add: give a rule, e.g. --drop syn-ack@1", file=sys.stderr)
             return EXIT_USAGE
     elif args.proxy_command == "rm":
@@ -785,6 +759,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------
 
 
+def _add_fault_options(parser: argparse.ArgumentParser) -> None:
+    """``--drop/--delay/--hold/--duplicate/--reset RULE`` and ``--pace D``,
+    as the proxy takes them (:class:`proxy.options.ProxyOptions`)."""
+    group = parser.add_argument_group(
+        "faults (repeatable; TAG[@N[,N]][#CONN], from: client:/server:)"
+    )
+    options.add_arguments(group, ProxyOptions, only=FAULTS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcplab",
@@ -857,7 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which segments the proxy logs (control: handshake, teardown, resets, "
         "retransmits and any segment a rule touched)",
     )
-    add_rule_options(run)
+    _add_fault_options(run)
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="the scenario catalogue")
@@ -898,7 +881,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="proxy (default): the middlebox forwards and can inject faults; "
         "kernel: plain IP forwarding",
     )
-    add_rule_options(up)
+    _add_fault_options(up)
     up.add_argument("--sysctl", action="append", type=_sysctl, metavar="SIDE:KEY=VALUE")
     up.add_argument("--json", action="store_true", help="print names and addresses as JSON")
     up.set_defaults(func=cmd_lab_up)
@@ -925,7 +908,7 @@ def build_parser() -> argparse.ArgumentParser:
     proxy_sub = proxy.add_subparsers(dest="proxy_command", required=True, metavar="ACTION")
     p_rules = proxy_sub.add_parser("rules", help="rules, pace, counters, held segments")
     p_add = proxy_sub.add_parser("add", help="add rules: --drop syn-ack@1, --delay fin@1=2s …")
-    add_rule_options(p_add)
+    _add_fault_options(p_add)
     p_rm = proxy_sub.add_parser("rm", help="remove rules by name")
     p_rm.add_argument("names", nargs="+", metavar="NAME")
     p_release = proxy_sub.add_parser("release", help="let held segments go")

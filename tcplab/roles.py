@@ -23,6 +23,7 @@ reads as the story.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
 import subprocess
@@ -31,6 +32,8 @@ import time
 from typing import Any
 
 from core.units import format_duration
+from proxy.options import ProxyOptions
+from tcplab import runner
 from tcplab import scenario as scenariomod
 
 CLIENT_SUBNET = "192.0.2.0/24"
@@ -79,30 +82,17 @@ def scenarios(names: str) -> list[scenariomod.Scenario]:
 
 
 def server_argv(sc: scenariomod.Scenario) -> list[str]:
-    server = sc.server
-    argv = [sys.executable, "-m", "daemons.server", "--log-format", "json"]
-    argv += ["--listen", f"0.0.0.0:{server.get('port', PORT)}"]
-    argv += ["--close", str(server.get("close", "immediate"))]
-    if server.get("farewell"):
-        argv += ["--farewell", str(server["farewell"])]
-    if "idle_timeout" in server:
-        argv += ["--idle-timeout", format_duration(server["idle_timeout"])]
-    return argv
+    """The server for a whole tour: the first scenario's policy, on every
+    address, serving every connection (no count), observing as it goes."""
+    opts = runner.scenario_options(sc)
+    server = runner.server_options(opts, "0.0.0.0")
+    server = dataclasses.replace(server, max_conns=None, observe_for=None)
+    return runner.daemon_argv("daemons.server", server)
 
 
 def client_argv(sc: scenariomod.Scenario, server: str) -> list[str]:
-    client = sc.client
-    port = client.get("port", sc.server.get("port", PORT))
-    argv = [sys.executable, "-m", "daemons.client", "--log-format", "json"]
-    argv += ["--connect", f"{server}:{port}", "--close", str(client.get("close", "active"))]
-    argv += ["--count", str(client.get("count", 1))]
-    argv += ["--concurrency", str(client.get("concurrency", 1))]
-    argv += ["--observe-for", format_duration(sc.observe_for)]
-    for text in client.get("send", ("hello",)):
-        argv += ["--send", text]
-    if "connect_timeout" in client:
-        argv += ["--connect-timeout", format_duration(client["connect_timeout"])]
-    return argv
+    opts = runner.scenario_options(sc)
+    return runner.daemon_argv("daemons.client", runner.client_options(opts, server))
 
 
 def rule_tables(sc: scenariomod.Scenario) -> list[dict[str, Any]]:
@@ -137,7 +127,7 @@ def apply_rules(sc: scenariomod.Scenario, path: str, previous: scenariomod.Scena
         answer = control.request(path, {"op": "add", "table": table})
         if not answer.get("ok"):
             raise RuntimeError(f"proxy refused a rule of {sc.name}: {answer.get('error')}")
-    pace = f"{sc.pace * 1000:g}ms" if sc.pace else None
+    pace = format_duration(sc.pace) if sc.pace else None
     control.request(path, {"op": "pace", "value": pace})
 
 
@@ -152,10 +142,9 @@ def run_role(role: str, names: str, pause: float, once: bool) -> int:
         front = interface_in(CLIENT_SUBNET)
         back = interface_in(SERVER_SUBNET)
         os.makedirs(os.path.dirname(CONTROL), exist_ok=True)
-        argv = [sys.executable, "-m", "proxy", "--log-format", "json"]
         # the client puts each scenario's rules in through the control socket
-        argv += ["--front", front, "--back", back, "--control", CONTROL]
-        os.execv(sys.executable, argv)
+        proxy = ProxyOptions(log_format="json", front=front, back=back, control=CONTROL)
+        os.execv(sys.executable, runner.daemon_argv("proxy", proxy))
     if role == "client":
         prepare_endpoint(CLIENT_SUBNET, SERVER_SUBNET, PROXY_FRONT)
         server = os.environ.get("TCPLAB_SERVER", SERVER_ADDR)

@@ -22,16 +22,20 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import trio
 
-from core import events
+from core import events, options
 from core.events import App, DaemonReady, Record, TcpState
+from core.policies import ClosePolicy
 from core.proc import child_env as proc_child_env
 from core.units import format_duration
+from daemons.options import ClientOptions, ServerOptions
+from proxy.options import ProxyOptions
 from tcplab import topology
 from tcplab.causality import Placed
+from tcplab.scenario.spec import Scenario
 from tcplab.transcript import REORDER_WINDOW_S, Merger
 
 R = TypeVar("R", bound=Record)
@@ -57,15 +61,16 @@ class RunOptions:
     farewell: str | None = None
     sysctls: Mapping[topology.Side, Mapping[str, str]] = dataclasses.field(default_factory=dict)
     deadline: float = 120.0
-    server_extra: tuple[str, ...] = ()
-    client_extra: tuple[str, ...] = ()
+    idle_timeout: float | None = None
+    """The server drops a connection silent this long (None: its default)."""
+    connect_timeout: float | None = None
+    """The client gives up connecting after this long (None: its default)."""
     forwarding: topology.Forwarding = topology.Forwarding.PROXY
     """Who forwards in the middle: the proxy (default), or the kernel."""
-    proxy_args: tuple[str, ...] = ()
-    """Rules and options for the proxy (``--drop syn-ack@1``, ``--pace 100ms``…)."""
-    pcap: str | None = None
-    control: str | None = None
-    """The proxy's control socket; default ``/run/tcplab/<lab>.proxy.sock``."""
+    proxy: ProxyOptions = dataclasses.field(default_factory=ProxyOptions)
+    """Rules, pace, segment logging, capture for the proxy; the runner fills
+    in its namespace, interfaces and control socket (default
+    ``/run/tcplab/<lab>.proxy.sock``)."""
     trace: bool = True
     """Ask the observers to read the kernel's tracepoints too."""
 
@@ -105,65 +110,78 @@ class RunResult:
         return [(r.old, r.new, r.source) for r in self.of(component, TcpState) if not r.is_listener]
 
 
-def daemon_argv(module: str, netns: str, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", module, "--netns", netns, "--log-format", "json", *args]
+def daemon_argv(module: str, opts: Any) -> list[str]:
+    """The command line that starts ``module`` with ``opts`` (its options
+    dataclass: :mod:`daemons.options`, :mod:`proxy.options`)."""
+    return [sys.executable, "-m", module, *options.to_argv(opts)]
 
 
-def server_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
+def server_options(
+    opts: RunOptions, host: str, netns: str | None = None, trace: str | None = None
+) -> ServerOptions:
+    """The server a run asks for, listening on ``host`` (in a lab: its
+    server address; in a container: any)."""
+    server = ServerOptions(
+        netns=netns,
+        log_format="json",
+        listen=(host, opts.port),
+        close=ClosePolicy.parse(opts.server_close),
+        max_conns=opts.count,
+        observe_for=opts.observe_for,
+        observe_interval=opts.observe_interval,
+        farewell=opts.farewell,
+        trace=trace if opts.trace else None,
+    )
+    if opts.idle_timeout is not None:
+        server = dataclasses.replace(server, idle_timeout=opts.idle_timeout)
+    return server
+
+
+def client_options(
+    opts: RunOptions, host: str, netns: str | None = None, trace: str | None = None
+) -> ClientOptions:
+    """The client a run asks for, connecting to ``host``."""
+    client = ClientOptions(
+        netns=netns,
+        log_format="json",
+        connect=(host, opts.client_port or opts.port),
+        close=opts.client_close,
+        send=opts.send,
+        count=opts.count,
+        concurrency=opts.concurrency,
+        observe_for=opts.observe_for,
+        observe_interval=opts.observe_interval,
+        trace=trace if opts.trace else None,
+    )
+    if opts.connect_timeout is not None:
+        client = dataclasses.replace(client, connect_timeout=opts.connect_timeout)
+    return client
+
+
+def lab_server_options(lab: topology.Lab, opts: RunOptions) -> ServerOptions:
     host = lab.addr.server(opts.ipv6)
-    args = [
-        "--listen",
-        events.endpoint(host, opts.port),
-        "--close",
-        opts.server_close,
-        "--max-conns",
-        str(opts.count),
-        "--observe-for",
-        format_duration(opts.observe_for),
-        "--observe-interval",
-        format_duration(opts.observe_interval),
-    ]
-    if opts.farewell is not None:
-        args += ["--farewell", opts.farewell]
-    if opts.trace:
-        args += ["--trace", lab.trace_instance("srv")]
-    return [*args, *opts.server_extra]
+    return server_options(opts, host, lab.ns("srv"), lab.trace_instance("srv"))
 
 
-def proxy_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
-    args = ["--front", topology.FRONT_IF, "--back", topology.BACK_IF]
-    args += ["--control", opts.control or str(control_path(lab))]
-    if opts.pcap:
-        args += ["--pcap", opts.pcap]
-    return [*args, *opts.proxy_args]
+def lab_client_options(lab: topology.Lab, opts: RunOptions) -> ClientOptions:
+    host = lab.addr.server(opts.ipv6)
+    return client_options(opts, host, lab.ns("cli"), lab.trace_instance("cli"))
+
+
+def proxy_options(lab: topology.Lab, opts: RunOptions) -> ProxyOptions:
+    return dataclasses.replace(
+        opts.proxy,
+        netns=lab.ns("mbx"),
+        log_format="json",
+        front=topology.FRONT_IF,
+        back=topology.BACK_IF,
+        control=opts.proxy.control or control_path(lab),
+    )
 
 
 def control_path(lab: topology.Lab) -> str:
     """Where a lab's proxy listens for control requests."""
-    return str(topology.RECORD_DIR / f"{lab.lab_id}.proxy.sock")
-
-
-def client_args(lab: topology.Lab, opts: RunOptions) -> list[str]:
-    host = lab.addr.server(opts.ipv6)
-    args = [
-        "--connect",
-        events.endpoint(host, opts.client_port or opts.port),
-        "--close",
-        opts.client_close,
-        "--count",
-        str(opts.count),
-        "--concurrency",
-        str(opts.concurrency),
-        "--observe-for",
-        format_duration(opts.observe_for),
-        "--observe-interval",
-        format_duration(opts.observe_interval),
-    ]
-    for text in opts.send:
-        args += ["--send", text]
-    if opts.trace:
-        args += ["--trace", lab.trace_instance("cli")]
-    return [*args, *opts.client_extra]
+    return str(topology.proxy_control_path(lab.lab_id))
 
 
 class _Proc:
@@ -280,7 +298,7 @@ async def run_in_lab(
                 if opts.forwarding is topology.Forwarding.PROXY:
                     proxy = await start(
                         "proxy",
-                        daemon_argv("proxy", lab.ns("mbx"), proxy_args(lab, opts)),
+                        daemon_argv("proxy", proxy_options(lab, opts)),
                         outer,
                     )
                     with trio.fail_after(15):
@@ -292,7 +310,7 @@ async def run_in_lab(
                         return _result(lab, collected, client, server, proxy, stray)
                     server = await start(
                         "server",
-                        daemon_argv("daemons.server", lab.ns("srv"), server_args(lab, opts)),
+                        daemon_argv("daemons.server", lab_server_options(lab, opts)),
                         nursery,
                     )
                     with trio.fail_after(15):
@@ -300,7 +318,7 @@ async def run_in_lab(
                     if server.ready.is_set():
                         client = await start(
                             "client",
-                            daemon_argv("daemons.client", lab.ns("cli"), client_args(lab, opts)),
+                            daemon_argv("daemons.client", lab_client_options(lab, opts)),
                             nursery,
                         )
                         await client.exited.wait()
@@ -355,36 +373,29 @@ def _result(
     )
 
 
-def scenario_options(sc: Any, *, pace: float | None = None) -> RunOptions:
-    """The run a scenario describes (``sc``: :class:`tcplab.scenario.Scenario`);
-    ``pace``, when given, replaces the scenario's."""
+def scenario_options(sc: Scenario, *, pace: float | None = None) -> RunOptions:
+    """The run a scenario describes; ``pace``, when given, replaces the
+    scenario's."""
     server, client = sc.server, sc.client
     port = int(server.get("port", SERVER_PORT))
     client_port = int(client.get("port", port))
-    ipv6 = bool(client.get("ipv6", False))
-    client_extra: list[str] = []
-    if "connect_timeout" in client:
-        client_extra += ["--connect-timeout", format_duration(client["connect_timeout"])]
-    server_extra: list[str] = []
-    if "idle_timeout" in server:
-        server_extra += ["--idle-timeout", format_duration(server["idle_timeout"])]
-    proxy_args = sc.proxy_args(pace=pace)
     return RunOptions(
         server_close=str(server.get("close", "immediate")),
         client_close=str(client.get("close", "active")),
         send=tuple(client.get("send", ("hello",))),
         count=int(client.get("count", 1)),
         concurrency=int(client.get("concurrency", 1)),
-        ipv6=ipv6,
+        ipv6=bool(client.get("ipv6", False)),
         port=port,
         client_port=client_port if client_port != port else None,
         observe_for=sc.observe_for,
         farewell=server.get("farewell"),
-        sysctls=sc.sysctls,
+        # the spec allows only the sides as keys
+        sysctls=cast(Mapping[topology.Side, Mapping[str, str]], sc.sysctls),
         deadline=sc.deadline,
-        server_extra=tuple(server_extra),
-        client_extra=tuple(client_extra),
-        proxy_args=tuple(proxy_args),
+        idle_timeout=server.get("idle_timeout"),
+        connect_timeout=client.get("connect_timeout"),
+        proxy=sc.proxy_options(pace=pace),
     )
 
 

@@ -63,6 +63,18 @@ from core.tracefs import TRACE_PREFIX
 
 PREFIX = "tl"
 RECORD_DIR = Path("/run/tcplab")
+
+
+def proxy_control_path(lab_id: str) -> Path:
+    """The control socket of a lab's proxy."""
+    return RECORD_DIR / f"{lab_id}.proxy.sock"
+
+
+def proxy_log_path(lab_id: str) -> Path:
+    """The log of a proxy that `lab up` started in the background."""
+    return RECORD_DIR / f"{lab_id}.proxy.log"
+
+
 Side = Literal["cli", "mbx", "srv"]
 SIDES: tuple[Side, ...] = ("cli", "mbx", "srv")
 
@@ -521,8 +533,8 @@ def destroy(lab_id: str) -> list[str]:
     tracefs.remove_instances(f"{TRACE_PREFIX}{lab_id}-")
     for path in (
         _record_path(lab_id),
-        RECORD_DIR / f"{lab_id}.proxy.sock",
-        RECORD_DIR / f"{lab_id}.proxy.log",
+        proxy_control_path(lab_id),
+        proxy_log_path(lab_id),
     ):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

@@ -87,6 +87,7 @@ from core import events
 from core import rules as rulesmod
 from core.policies import CLIENT_POLICIES, SERVER_POLICY_PATTERN, ClosePolicy
 from core.units import format_duration, parse_duration
+from proxy.options import ProxyOptions
 
 SIDES_SYSCTL = ("cli", "mbx", "srv")
 STATE_NAMES = tuple(sorted(events.STATE_NAMES))
@@ -282,18 +283,14 @@ class Scenario:
     expect_server: SideExpect
     expect_segments: tuple[SegmentExpect, ...]
 
-    def proxy_args(self, *, pace: float | None = None) -> list[str]:
-        """The rules and pace as ``python -m proxy`` options; ``pace``, when
+    def proxy_options(self, *, pace: float | None = None) -> ProxyOptions:
+        """The rules, pace and segment logging the proxy gets; ``pace``, when
         given, replaces the scenario's."""
-        out: list[str] = []
-        for rule in self.rules:
-            out += [f"--{rule.action}", rulesmod.format_rule(rule)]
-        pace = self.pace if pace is None else pace
-        if pace:
-            out += ["--pace", format_duration(pace)]
-        if self.log_segments != "all":
-            out += ["--log-segments", self.log_segments]
-        return out
+        return ProxyOptions(
+            rules=tuple(self.rules),
+            pace=(self.pace or None) if pace is None else pace,
+            log_segments=self.log_segments,  # type: ignore[arg-type]
+        )
 
 
 # --- locating fields in the text ----------------------------------------------------

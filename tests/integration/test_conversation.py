@@ -19,6 +19,7 @@ import trio
 
 from core import events, tracefs
 from core.events import App, ConversationDone, ObserverStart, ObserverStop, TcpState
+from daemons.options import ClientOptions, ServerOptions
 from tcplab import causality, connview, runner, topology
 
 DEADLINE = 60
@@ -291,8 +292,13 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
         server_addr = lab.addr.server4
         server_argv = runner.daemon_argv(
             "daemons.server",
-            lab.ns("srv"),
-            ["--listen", f"{server_addr}:7007", "--max-message", "64", "--idle-timeout", "300ms"],
+            ServerOptions(
+                netns=lab.ns("srv"),
+                log_format="json",
+                listen=(server_addr, 7007),
+                max_message=64,
+                idle_timeout=0.3,
+            ),
         )
         # A file, not a pipe: nobody reads while the server runs, and its
         # observer logs enough to fill a pipe and block it.
@@ -322,8 +328,12 @@ async def test_server_survives_garbage_resets_and_silence(tmp_path: Path) -> Non
             client = await trio.run_process(
                 runner.daemon_argv(
                     "daemons.client",
-                    lab.ns("cli"),
-                    ["--connect", f"{server_addr}:7007", "--observe-for", "200ms"],
+                    ClientOptions(
+                        netns=lab.ns("cli"),
+                        log_format="json",
+                        connect=(server_addr, 7007),
+                        observe_for=0.2,
+                    ),
                 ),
                 capture_stdout=True,
                 check=False,

@@ -14,6 +14,7 @@ the times at which two processes wrote their lines.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 from typing import Any
@@ -21,8 +22,10 @@ from typing import Any
 import pytest
 import trio
 
+import proxy.__main__ as proxy_main
 from core import control, events, tracefs
 from core.events import ConversationDone, DaemonDone, RulesChanged, Segment, TcpState
+from proxy.options import ProxyOptions
 from tcplab import causality, connview, runner, topology
 from tcplab.causality import Placed
 
@@ -37,8 +40,15 @@ def assert_causal(result: runner.RunResult) -> None:
     assert not violations, [v.describe() for v in violations]
 
 
-async def run(*proxy_args: str, **kw: Any) -> runner.RunResult:
-    opts = runner.RunOptions(proxy_args=proxy_args, observe_for=kw.pop("observe_for", 1.0), **kw)
+def proxy_opts(*argv: str, **kw: Any) -> ProxyOptions:
+    """The proxy options ``argv`` gives, as ``python -m proxy`` parses them."""
+    return dataclasses.replace(proxy_main.parse_args(list(argv)), **kw)
+
+
+async def run(*proxy_args: str, pcap: str | None = None, **kw: Any) -> runner.RunResult:
+    opts = runner.RunOptions(
+        proxy=proxy_opts(*proxy_args, pcap=pcap), observe_for=kw.pop("observe_for", 1.0), **kw
+    )
     with trio.fail_after(DEADLINE), topology.lab() as lab:
         result = await runner.run_in_lab(lab, opts)
     assert not result.stray, "\n".join(result.stray)
@@ -201,7 +211,7 @@ async def test_hold_server_fin_until_released_through_the_control_api() -> None:
     released_at: list[int] = []
     with trio.fail_after(DEADLINE), topology.lab() as lab:
         opts = runner.RunOptions(
-            proxy_args=("--hold", "server:fin"), server_close="immediate", observe_for=1.0
+            proxy=proxy_opts("--hold", "server:fin"), server_close="immediate", observe_for=1.0
         )
         async with trio.open_nursery() as nursery:
 

@@ -47,6 +47,7 @@ from core import control as protocol
 from proxy import control
 from proxy.middlebox import DROP_LOG_BURST, DROP_LOG_RATE
 from proxy.neighbours import MAX_NEIGHBOURS
+from proxy.options import ProxyOptions
 from tcplab import runner, topology
 
 CONNECTIONS = 25_000
@@ -337,10 +338,16 @@ def _hostile_lab(lab: topology.Lab, workdir: Path) -> None:
     log_path = workdir / "proxy.log"
     argv = runner.daemon_argv(
         "proxy",
-        lab.ns("mbx"),
-        ["--front", topology.FRONT_IF, "--back", topology.BACK_IF, "--control", ctl],
+        ProxyOptions(
+            netns=lab.ns("mbx"),
+            log_format="json",
+            front=topology.FRONT_IF,
+            back=topology.BACK_IF,
+            control=ctl,
+            log_segments="control",
+            express="off",
+        ),
     )
-    argv += ["--log-segments", "control", "--express", "off"]
     with (
         log_path.open("wb") as log,
         started(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL) as proxy,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from core import rules
+from daemons import client as client_daemon
+from daemons import server as server_daemon
 from tcplab import roles, scenario
 
 
@@ -18,14 +20,18 @@ def test_the_tour_uses_one_server_policy() -> None:
 
 def test_daemon_options_come_from_the_scenario() -> None:
     sc = load("server-has-more-to-say")
-    server = roles.server_argv(sc)
-    assert server[server.index("--close") + 1] == "linger:200ms"
-    assert server[server.index("--farewell") + 1] == "bye"
-    client = roles.client_argv(sc, "198.51.100.10")
-    assert client[client.index("--connect") + 1] == "198.51.100.10:7007"
-    assert client[client.index("--close") + 1] == "shutdown"
-    refused = roles.client_argv(load("connection-refused"), "198.51.100.10")
-    assert refused[refused.index("--connect") + 1] == "198.51.100.10:7999"
+    argv = roles.server_argv(sc)
+    assert argv[1:3] == ["-m", "daemons.server"]
+    server = server_daemon.parse_args(argv[3:])
+    assert str(server.close) == "linger:200ms" and server.farewell == "bye"
+    assert server.listen == ("0.0.0.0", 7007) and server.max_conns is None
+    argv = roles.client_argv(sc, "198.51.100.10")
+    assert argv[1:3] == ["-m", "daemons.client"]
+    client = client_daemon.parse_args(argv[3:])
+    assert client.connect == ("198.51.100.10", 7007) and client.close == "shutdown"
+    refused_argv = roles.client_argv(load("connection-refused"), "198.51.100.10")
+    refused = client_daemon.parse_args(refused_argv[3:])
+    assert refused.connect == ("198.51.100.10", 7999)
 
 
 def test_rule_tables_are_the_scenarios_rules_under_their_names() -> None:

@@ -7,16 +7,15 @@ No lab is built: the options are checked up to the argv each daemon gets.
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 import pytest
 
 import proxy.__main__ as proxy_main
-from core.units import parse_duration
+from core import rules
 from daemons import client as client_daemon
 from daemons import server as server_daemon
-from proxy import options as proxy_options
+from proxy.options import ProxyOptions
 from tcplab import cli, runner, scenario, topology
 
 LAB = topology.Lab("abc123", topology.Forwarding.PROXY, topology.Addressing(slot=7))
@@ -28,12 +27,16 @@ def scenario_run(*argv: str, name: str = "handshake-and-teardown") -> tuple[Any,
     return cli.scenario_run(args, sc)
 
 
-def daemons(opts: runner.RunOptions) -> tuple[argparse.Namespace, ...]:
-    """What each daemon makes of the argv the runner gives it."""
-    server = server_daemon.parse_args(runner.server_args(LAB, opts))
-    client = client_daemon.parse_args(runner.client_args(LAB, opts))
-    proxy = proxy_main.parse_args(runner.proxy_args(LAB, opts))
-    proxy_options.rules_from_args(proxy)  # raises RuleError if one is wrong
+def daemons(opts: runner.RunOptions) -> tuple[Any, Any, ProxyOptions]:
+    """What each daemon makes of the argv the runner gives it (and it is
+    what the runner meant)."""
+    server_opts = runner.lab_server_options(LAB, opts)
+    client_opts = runner.lab_client_options(LAB, opts)
+    proxy_opts = runner.proxy_options(LAB, opts)
+    server = server_daemon.parse_args(runner.daemon_argv("daemons.server", server_opts)[3:])
+    client = client_daemon.parse_args(runner.daemon_argv("daemons.client", client_opts)[3:])
+    proxy = proxy_main.parse_args(runner.daemon_argv("proxy", proxy_opts)[3:])
+    assert (server, client, proxy) == (server_opts, client_opts, proxy_opts)
     return server, client, proxy
 
 
@@ -41,14 +44,13 @@ def test_pace_given_replaces_the_scenarios() -> None:
     # the scenario paces at 100 ms; the README shows `run FILE --pace 200ms`
     _sc, opts, _spec = scenario_run("--pace", "250ms")
     _server, _client, proxy = daemons(opts)
-    assert proxy.pace == "250ms"
-    assert list(opts.proxy_args).count("--pace") == 1
+    assert proxy.pace == 0.25
 
 
 def test_pace_of_minutes_is_not_turned_into_an_exponent() -> None:
     _sc, opts, _spec = scenario_run("--pace", "20m")
     _server, _client, proxy = daemons(opts)
-    assert parse_duration(proxy.pace) == 1200.0  # not "1.2e+06ms"
+    assert proxy.pace == 1200.0  # not "1.2e+06ms"
 
 
 @pytest.mark.parametrize("action", ["drop", "delay", "hold", "duplicate", "reset"])
@@ -56,9 +58,9 @@ def test_faults_given_are_added_to_the_scenarios(action: str) -> None:
     rule = "server:fin@1=2s" if action == "delay" else "server:fin@1"
     _sc, opts, _spec = scenario_run(f"--{action}", rule, name="lost-syn")
     _server, _client, proxy = daemons(opts)
-    assert getattr(proxy, action) == ([rule] if action != "drop" else ["client:syn@1", rule])
-    parsed, _pace = proxy_options.rules_from_args(proxy)
-    assert len(parsed) == 2  # the scenario's drop syn@1, and this one
+    # the scenario's drop client:syn@1 first, then this one
+    given = [(r.action, rules.format_rule(r)) for r in proxy.rules]
+    assert given == [("drop", "client:syn@1"), (action, rule)]
 
 
 def test_log_segments_given_replaces_the_scenarios() -> None:
@@ -95,7 +97,7 @@ def test_close_policies_given_replace_the_scenarios() -> None:
         ("--concurrency", "2", lambda s, c: c.concurrency == 2),
         ("--port", "8080", lambda s, c: s.listen[1] == 8080 and c.connect[1] == 8080),
         ("--farewell", "bye", lambda s, c: s.farewell == "bye"),
-        ("--send", "one", lambda s, c: c.send == ["one"]),
+        ("--send", "one", lambda s, c: c.send == ("one",)),
         ("--observe-for", "5s", lambda s, c: s.observe_for == 5.0 and c.observe_for == 5.0),
     ],
 )

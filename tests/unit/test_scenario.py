@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from core import events
+from core import events, rules
 from core.events import Segment, TcpState
 from tcplab import scenario
 
@@ -62,7 +62,8 @@ def test_catalogue_has_what_the_course_needs() -> None:
 def test_good_file_parses() -> None:
     sc = scenario.parse(GOOD, "demo.toml")
     assert sc.server["close"] == "linger:200ms"
-    assert sc.proxy_args() == ["--drop", "syn@1"]
+    proxy = sc.proxy_options()
+    assert [(r.action, rules.format_rule(r)) for r in proxy.rules] == [("drop", "syn@1")]
     assert sc.expect_client.min_in == {"SYN_SENT": 0.9}
     assert sc.expect_segments[0].verdict == "drop"
 

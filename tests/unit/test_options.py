@@ -1,0 +1,180 @@
+"""Options as data: every daemon's options dataclass survives the trip to
+argv and back, field by field, and the daemons parse what the lab writes.
+
+The strategies below give each field values a person could give on the
+command line; a field without a strategy fails
+:func:`test_every_field_has_a_strategy`, so a new option cannot skip the
+round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import proxy.__main__ as proxy_main
+from core import logs, options, rules
+from core.policies import CLIENT_POLICIES, ClosePolicy
+from core.units import parse_duration
+from daemons import client as client_daemon
+from daemons import server as server_daemon
+from daemons import watch as watch_daemon
+from daemons.options import ClientOptions, ServerOptions, WatchOptions
+from proxy.options import EXPRESS_MODES, LOG_SEGMENT_MODES, RULE_ACTIONS, ProxyOptions
+
+one_line = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]))
+durations = st.builds(
+    lambda n, unit: parse_duration(f"{n}{unit}"),
+    st.integers(0, 10**6),
+    st.sampled_from(["us", "ms", "s"]),
+).filter(lambda s: s <= 3600)
+counts = st.integers(1, 1_000_000)
+endpoints = st.tuples(
+    st.ip_addresses(v=4).map(str) | st.ip_addresses(v=6).map(str), st.integers(1, 65535)
+)
+names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
+server_policies = st.one_of(
+    st.sampled_from(["immediate", "never", "abort", "first", "half"]),
+    st.builds(lambda n: f"first:{n}", st.integers(0, 1000)),
+    st.builds(lambda n: f"half:{n}", st.integers(0, 1000)),
+    st.builds(lambda n: f"linger:{n}ms", st.integers(0, 10_000)),
+).map(ClosePolicy.parse)
+
+
+@st.composite
+def rule_lists(draw: st.DrawFn) -> tuple[rules.Rule, ...]:
+    out = []
+    for _ in range(draw(st.integers(0, 4))):
+        action = draw(st.sampled_from(RULE_ACTIONS))
+        text = draw(st.sampled_from(["", "client:", "server:"]))
+        text += draw(st.sampled_from([*rules.TAGS, "any"]))
+        nth = draw(st.lists(st.integers(1, 99), max_size=3))
+        if nth:
+            text += "@" + ",".join(map(str, nth))
+        if draw(st.booleans()):
+            text += f"#{draw(st.integers(1, 99))}"
+        if action == "delay":
+            text += f"={draw(st.integers(0, 10_000))}ms"
+        out.append(rules.parse_cli(action, text))
+    return tuple(out)
+
+
+COMMON: dict[str, Any] = {
+    "netns": st.none() | names,
+    "log_format": st.sampled_from(logs.FORMATS),
+    "observe_interval": durations,
+    "trace": st.none() | names,
+    "observe_for": st.none() | durations,
+}
+STRATEGIES: dict[type, dict[str, Any]] = {
+    ServerOptions: {
+        **COMMON,
+        "listen": endpoints,
+        "close": server_policies,
+        "max_conns": st.none() | counts,
+        "idle_timeout": durations,
+        "max_message": counts,
+        "backlog": st.none() | counts,
+        "observer": st.booleans(),
+        "farewell": st.none() | one_line,
+    },
+    ClientOptions: {
+        **COMMON,
+        "connect": endpoints,
+        "send": st.lists(one_line, min_size=1, max_size=4).map(tuple),
+        "count": counts,
+        "concurrency": counts,
+        "close": st.sampled_from(CLIENT_POLICIES),
+        "connect_timeout": durations,
+        "reply_timeout": durations,
+        "max_message": counts,
+    },
+    WatchOptions: {
+        "netns": names,
+        "port": st.lists(st.integers(1, 65535), max_size=3).map(tuple),
+        "interval": durations,
+        "duration": st.none() | durations,
+        "log_format": st.sampled_from(logs.FORMATS),
+        "no_trace": st.booleans(),
+    },
+    ProxyOptions: {
+        "netns": st.none() | names,
+        "front": names,
+        "back": names,
+        "rules": rule_lists(),
+        "pace": st.none() | durations,
+        "rules_file": st.none() | names,
+        "pcap": st.none() | names,
+        "control": st.none() | names,
+        "log_segments": st.sampled_from(LOG_SEGMENT_MODES),
+        "express": st.sampled_from(EXPRESS_MODES),
+        "log_format": st.sampled_from(logs.FORMATS),
+    },
+}
+PARSERS: dict[type, Any] = {
+    ServerOptions: server_daemon.parse_args,
+    ClientOptions: client_daemon.parse_args,
+    WatchOptions: watch_daemon.parse_args,
+    ProxyOptions: proxy_main.parse_args,
+}
+
+
+def every(cls: type) -> st.SearchStrategy[Any]:
+    return st.builds(cls, **STRATEGIES[cls])
+
+
+@pytest.mark.parametrize("cls", list(STRATEGIES), ids=lambda c: c.__name__)
+def test_every_field_has_a_strategy(cls: type) -> None:
+    assert set(STRATEGIES[cls]) == {f.name for f in dataclasses.fields(cls)}
+
+
+@pytest.mark.parametrize("cls", list(STRATEGIES), ids=lambda c: c.__name__)
+@given(data=st.data())
+def test_options_survive_argv_and_the_daemons_parser(cls: type, data: st.DataObject) -> None:
+    opts = data.draw(every(cls))
+    argv = options.to_argv(opts)
+    assert PARSERS[cls](argv) == opts
+
+
+def test_only_what_differs_from_the_defaults_is_written() -> None:
+    assert options.to_argv(ServerOptions()) == []
+    assert options.to_argv(ServerOptions(observer=False)) == ["--no-observer"]
+    assert options.to_argv(ClientOptions(send=("-x", "y"))) == ["--send=-x", "--send=y"]
+
+
+def test_rules_keep_their_order_across_actions() -> None:
+    argv = ["--delay", "fin@2=1s", "--drop", "fin@1", "--hold", "server:fin"]
+    opts = proxy_main.parse_args(argv)
+    assert [r.action for r in opts.rules] == ["delay", "drop", "hold"]
+    assert options.to_argv(opts) == ["--delay=fin@2=1s", "--drop=fin@1", "--hold=server:fin"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "argv", "message"),
+    [
+        (ClientOptions, ["--send", "a\nb"], "a message is one line"),
+        (ClientOptions, ["--count", "0"], "--count: not a whole number from 1"),
+        (ServerOptions, ["--close", "first:x"], "--close: first:x: expected a number"),
+        (ServerOptions, ["--idle-timeout", "5"], "add a unit"),
+        (WatchOptions, [], "--netns: which namespace to watch"),
+        (ProxyOptions, ["--drop", "synack@1"], "did you mean 'syn-ack'"),
+        (ProxyOptions, ["--pace", "2h"], "longer than 3600s"),
+    ],
+)
+def test_a_bad_option_is_named(
+    cls: type, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as stop:
+        PARSERS[cls](argv)
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_value_no_daemon_accepts_is_refused_where_it_is_built() -> None:
+    with pytest.raises(ValueError, match="one line"):
+        ClientOptions(send=("a\nb",))
+    with pytest.raises(ValueError, match="at least one message"):
+        ClientOptions(send=())
