@@ -1,0 +1,7 @@
+"""``python -m tcplab.cli``: the ``tcplab`` command."""
+
+import sys
+
+from tcplab.cli import main
+
+sys.exit(main())
