@@ -36,7 +36,7 @@ import time
 import trio
 
 from core import logs, netns
-from daemons import observer
+from daemons import matching, observer
 from daemons.diagsock import DiagSocket
 from tcplab import topology
 
@@ -118,7 +118,7 @@ def main() -> int:
         logs.configure("bench", "json", devnull)
         obs = observer.Observer(
             logs.get_logger(),
-            match=observer.port_filter(()),
+            match=matching.port_filter(()),
             # its own loop must not poll between ours: only our polls count
             interval=3600.0,
             netns=ns,

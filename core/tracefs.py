@@ -14,59 +14,9 @@ touches the top-level buffer another tool may be using.
   buffer is not empty (the default, 50, waits until it is half full);
 - each event's ``filter``, then its ``enable``.
 
-It opens every ``per_cpu/cpuN/trace_pipe_raw`` with O_NONBLOCK; :attr:`fds`
-are for the caller to wait on (``select``/``poll``/``epoll`` or
-``trio.lowlevel.wait_readable``): a pipe polls readable when its CPU buffer
-holds an event.
-
-Measured on 6.18 (2-vCPU VM; tests/fixtures/trace/probe.py, 200 tries each)
-    Readiness works with ``buffer_percent`` 0, for select() and epoll alike:
-    from an event's time stamp to the wait returning took p50 ~0.19 ms and
-    p99 ~2.5-3.1 ms, the same as a plain pipe written by the process that
-    made the event (p50 0.18 ms, p99 3.0 ms): the machine's wake-up cost, not
-    the tracer's.  The kernel wakes readers from an irq_work queued at
-    commit, so the wait can even return before the syscall that made the
-    event has.  No need for blocking reads in a thread.
-
-    The ``mono`` clock is ``time.monotonic_ns()``'s: events triggered
-    between two monotonic_ns() calls in one thread always fell between them
-    (connect(): 5-27 µs after the first, p99; a ``trace_marker`` write
-    brackets the offset to [-1.2, +0.6] µs, the cost of the write syscall).
-
-Reading (kernel/trace/trace.c, ``tracing_buffers_read()``)
-    Each read hands out one page (a ring buffer sub-buffer,
-    ``buffer_subbuf_size_kb``, normally the 4 KiB system page), so reads ask
-    for exactly that many bytes.  A read of a page-sized buffer returns the
-    whole page (zero-filled past the data), also when the writer is still on
-    it: then the kernel copies out the events committed so far.  Smaller
-    reads get the same page in pieces, and only the events that fit the
-    count, so a read smaller than a page is never used here: once no
-    event fits, such reads return 0 forever (tried on 6.18: 100-byte reads
-    gave one page holding only the 28-byte event as 40 x 100 + 96 bytes,
-    then 0, 0, ... behind a 208-byte event).  So a short read only ever
-    means "the rest of a page comes next"; 0 means "not empty, but nothing
-    fits".  EAGAIN: the CPU buffer is empty.
-
-    :meth:`Instance.read_available` reads each CPU until EAGAIN and repeats
-    whole passes until one pass reads nothing: an event committed on CPU 0
-    just after CPU 0 was read may be older than one read from CPU 1, and the
-    next pass picks it up.  Then it decodes and merges by time.  Events
-    committed after the call returns come with the next call; they can be
-    older than the newest event already returned.
-
-Lost events
-    The buffer overwrites its oldest page when full; the next page read then
-    carries ``RB_MISSED_EVENTS`` (see :mod:`core.tracebuf`).  :attr:`lost`
-    adds up the counts (one where the kernel could not store the count).
-
-CPUs
-    ``per_cpu/`` has a directory for every *possible* CPU.  A CPU that has
-    been online keeps its buffer while offline (it gets no new events but its
-    pipe still reads).  A CPU that was never online has no buffer: its pipe
-    opens, reads fail with ENODEV and poll() reports it ready (EPOLLERR) all
-    the time, so the pipe is closed and left out of :attr:`fds` at the first
-    such read (from kernel/trace/ring_buffer.c; not tried, as the CPUs of the
-    test machine were all online).
+It then opens every ``per_cpu/cpuN/trace_pipe_raw``: an instance is a
+:class:`core.tracepipes.PipeReader`, which reads and decodes them (and
+says what was measured of their readiness and their clock).
 
 Clean-up
     An instance lives until someone removes it; :func:`remove_instances`
@@ -91,14 +41,18 @@ from types import TracebackType
 from typing import Final, Self
 
 from core import tracebuf
+from core.tracepipes import PipeReader, page_bytes, wall_offset_ns
 
 __all__ = [
     "TRACEFS_MOUNTS",
+    "TRACE_PREFIX",
     "Instance",
     "TracefsError",
+    "instance_names",
     "remove_instances",
     "root",
     "unavailable_reason",
+    "wall_offset_ns",
 ]
 
 TRACEFS_MOUNTS: Final = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -220,23 +174,6 @@ def _rmdir_instance(path: Path) -> bool:
         time.sleep(0.02)
 
 
-def wall_offset_ns(samples: int = 20) -> int:
-    """CLOCK_REALTIME − CLOCK_MONOTONIC, in ns: add it to a ``mono`` trace
-    timestamp to get the wall clock every record uses.  Each sample reads
-    the wall clock between two monotonic reads; the one with the closest
-    pair wins (a single pair can be off by microseconds: the first read after
-    a sleep is slow)."""
-    best: tuple[int, int] | None = None
-    for _ in range(samples):
-        before = time.monotonic_ns()
-        wall = time.time_ns()
-        after = time.monotonic_ns()
-        if best is None or after - before < best[0]:
-            best = (after - before, wall - (before + after) // 2)
-    assert best is not None
-    return best[1]
-
-
 def instance_names(prefix: str) -> list[str]:
     """The instances whose name starts with ``prefix`` (none without tracefs)."""
     if not prefix or not NAME_RE.match(prefix):
@@ -269,8 +206,9 @@ def remove_instances(prefix: str) -> list[str]:
     return removed
 
 
-class Instance:
-    """A tracefs instance recording some events, and its open per-CPU pipes.
+class Instance(PipeReader):
+    """A tracefs instance recording some events, and its open per-CPU pipes
+    (read as a :class:`~core.tracepipes.PipeReader`).
 
     Make one with :meth:`create`; :meth:`remove` (or leaving the ``with``
     block) takes it down again.
@@ -289,17 +227,7 @@ class Instance:
         self.path = path
         self.events = tuple(events)
         self.formats = dict(formats)
-        self.layout = layout
-        self.read_size = read_size
-        """Bytes per read: one ring buffer page (sub-buffer)."""
-        self.decoder = tracebuf.Decoder(self.formats)
-        self.lost = 0
-        """Events the kernel overwrote before we read them (a lower bound)."""
-        self.malformed = 0
-        """Pages or records that did not decode (should stay 0)."""
-        self._fds: dict[int, int] = {}
-        self._seq: dict[int, int] = {}
-        self._partial: dict[int, bytes] = {}
+        super().__init__(self.formats, layout, read_size)
         self._removed = False
 
     # --- making ----------------------------------------------------------------
@@ -317,55 +245,15 @@ class Instance:
         """Make ``instances/<name>`` recording ``events`` (``system/event``),
         each with its ``filters[event]`` if given, and open its pipes.
         Raises TracefsError (and leaves nothing behind) when that fails."""
-        if not NAME_RE.match(name) or name in (".", ".."):
-            raise ValueError(f"bad instance name {name!r} (letters, digits, _ . -)")
-        for event in events:
-            if not EVENT_RE.match(event):
-                raise ValueError(f"bad event name {event!r} (want system/event)")
-        filters = dict(filters or {})
-        unknown = set(filters) - set(events)
-        if unknown:
-            raise ValueError(f"filters for events not enabled: {sorted(unknown)}")
-        if buffer_kb <= 0:
-            raise ValueError("buffer_kb must be positive")
-        base = root()
-        if base is None:
-            raise TracefsError(errno.ENOENT, unavailable_reason() or "no tracefs")
-        path = base / "instances" / name
-        try:
-            path.mkdir()
-        except FileExistsError as exc:
-            raise TracefsError(errno.EEXIST, f"trace instance {name!r} exists") from exc
-        except OSError as exc:
-            raise TracefsError(exc.errno, f"cannot make {path}: {exc.strerror}") from exc
+        filters = _checked_filters(name, events, filters, buffer_kb)
+        path = _make_instance_dir(name)
         instance: Instance | None = None
         try:
             _write(path / "trace_clock", clock)
             _write(path / "buffer_size_kb", str(buffer_kb))
             _write(path / "buffer_percent", "0")
-            formats: dict[int, tracebuf.EventFormat] = {}
-            for event in events:
-                try:
-                    fmt = tracebuf.parse_format(_read(path / "events" / event / "format"))
-                except tracebuf.TraceDecodeError as exc:
-                    raise TracefsError(errno.EINVAL, f"{event}: {exc}") from exc
-                formats[fmt.id] = fmt
-                if event in filters:
-                    _write(path / "events" / event / "filter", filters[event])
-            try:
-                layout = tracebuf.parse_header_page(_read(path / "events" / "header_page"))
-            except (TracefsError, tracebuf.TraceDecodeError):
-                layout = tracebuf.DEFAULT_LAYOUT
-            read_size = _page_bytes(path)
-            if read_size != layout.page_size:
-                layout = tracebuf.PageLayout(
-                    layout.timestamp_offset,
-                    layout.timestamp_size,
-                    layout.commit_offset,
-                    layout.commit_size,
-                    layout.data_offset,
-                    read_size - layout.data_offset,
-                )
+            formats = _set_up_events(path, events, filters)
+            layout, read_size = _page_layout(path)
             try:
                 instance = cls(name, path, events, formats, layout, read_size)
             except tracebuf.TraceDecodeError as exc:  # a format without a needed field
@@ -390,96 +278,11 @@ class Instance:
                 if exc.errno == errno.ENODEV:
                     continue
                 raise TracefsError(exc.errno, f"opening {cpu_dir}: {exc.strerror}") from exc
-            self._fds[cpu] = fd
-            self._seq[cpu] = 0
-            # Nothing is enabled yet: this read finds EAGAIN, or ENODEV for a
-            # CPU that never came online (dropped: it would poll ready forever).
-            self._read_cpu(cpu, [])
-        if not self._fds:
+            self._add_pipe(cpu, fd)
+        if not self.fds:
             raise TracefsError(errno.ENODEV, f"no readable per-CPU pipe in {self.path}")
 
-    # --- reading -------------------------------------------------------------------
-
-    @property
-    def fds(self) -> tuple[int, ...]:
-        """The open ``trace_pipe_raw`` descriptors, to wait for readability."""
-        return tuple(self._fds.values())
-
-    @property
-    def cpu_fds(self) -> Mapping[int, int]:
-        """CPU number -> its pipe's descriptor."""
-        return dict(self._fds)
-
-    def _read_cpu(self, cpu: int, out: list[tracebuf.RawEvent]) -> int:
-        """Read one CPU's pipe until EAGAIN; the number of pages read."""
-        fd = self._fds[cpu]
-        pages = 0
-        while True:
-            try:
-                chunk = os.read(fd, self.read_size - len(self._partial.get(cpu, b"")))
-            except BlockingIOError:
-                return pages
-            except OSError as exc:
-                if exc.errno == errno.ENODEV:
-                    self._drop(cpu)
-                    return pages
-                raise
-            if not chunk:
-                # The buffer is not empty but nothing fits our read: cannot
-                # happen with page-sized reads (every event fits a page).
-                return pages
-            page = self._partial.pop(cpu, b"") + chunk
-            if len(page) < self.read_size:
-                self._partial[cpu] = page  # the rest of this page comes next
-                continue
-            pages += 1
-            try:
-                parsed = tracebuf.parse_page(page, cpu, self.layout, seq=self._seq[cpu])
-            except tracebuf.TraceDecodeError:
-                self.malformed += 1
-                continue
-            self._seq[cpu] += len(parsed.events)
-            if parsed.missed:
-                self.lost += parsed.missed_count or 1
-            out.extend(parsed.events)
-
-    def _drop(self, cpu: int) -> None:
-        fd = self._fds.pop(cpu, None)
-        if fd is not None:
-            os.close(fd)
-
-    def read_raw(self, max_passes: int = 16) -> list[tracebuf.RawEvent]:
-        """Every record now readable, CPU by CPU (not merged), reading whole
-        passes over the CPUs until one reads nothing (at most ``max_passes``
-        when writers keep up with us)."""
-        out: list[tracebuf.RawEvent] = []
-        for _ in range(max_passes):
-            pages = 0
-            for cpu in list(self._fds):
-                pages += self._read_cpu(cpu, out)
-            if not pages:
-                break
-        return out
-
-    def read_available(self, max_passes: int = 16) -> list[tracebuf.TraceEvent]:
-        """Every TCP event now readable, decoded, in time order."""
-        decoded = []
-        for raw in self.read_raw(max_passes):
-            try:
-                event = self.decoder.decode(raw)
-            except tracebuf.TraceDecodeError:
-                self.malformed += 1
-                continue
-            if event is not None:
-                decoded.append(event)
-        return tracebuf.merge(decoded)
-
     # --- taking down -------------------------------------------------------------
-
-    def close(self) -> None:
-        """Close the pipes (idempotent)."""
-        for cpu in list(self._fds):
-            self._drop(cpu)
 
     def remove(self) -> None:
         """Close the pipes, disable the events and remove the instance
@@ -505,19 +308,76 @@ class Instance:
     ) -> None:
         self.remove()
 
-    def __del__(self) -> None:
-        # Do not leak descriptors (a leaked one keeps the instance busy).
-        with contextlib.suppress(Exception):
-            self.close()
-
     def __repr__(self) -> str:
-        return f"Instance({self.name!r}, cpus={sorted(self._fds)})"
+        return f"Instance({self.name!r}, cpus={sorted(self.cpu_fds)})"
 
 
-def _page_bytes(path: Path) -> int:
-    """The size of one read: the instance's sub-buffer (``buffer_subbuf_size_kb``,
-    6.8+; the system page unless someone changed it), else the system page."""
+def _checked_filters(
+    name: str, events: Sequence[str], filters: Mapping[str, str] | None, buffer_kb: int
+) -> dict[str, str]:
+    """:meth:`Instance.create`'s arguments checked (ValueError); its filters."""
+    if not NAME_RE.match(name) or name in (".", ".."):
+        raise ValueError(f"bad instance name {name!r} (letters, digits, _ . -)")
+    for event in events:
+        if not EVENT_RE.match(event):
+            raise ValueError(f"bad event name {event!r} (want system/event)")
+    checked = dict(filters or {})
+    unknown = set(checked) - set(events)
+    if unknown:
+        raise ValueError(f"filters for events not enabled: {sorted(unknown)}")
+    if buffer_kb <= 0:
+        raise ValueError("buffer_kb must be positive")
+    return checked
+
+
+def _make_instance_dir(name: str) -> Path:
+    """mkdir ``instances/<name>``; TracefsError if there is no tracefs or the
+    instance exists."""
+    base = root()
+    if base is None:
+        raise TracefsError(errno.ENOENT, unavailable_reason() or "no tracefs")
+    path = base / "instances" / name
     try:
-        return int((path / "buffer_subbuf_size_kb").read_text().strip()) * 1024
-    except (OSError, ValueError):
-        return os.sysconf("SC_PAGE_SIZE")
+        path.mkdir()
+    except FileExistsError as exc:
+        raise TracefsError(errno.EEXIST, f"trace instance {name!r} exists") from exc
+    except OSError as exc:
+        raise TracefsError(exc.errno, f"cannot make {path}: {exc.strerror}") from exc
+    return path
+
+
+def _set_up_events(
+    path: Path, events: Sequence[str], filters: Mapping[str, str]
+) -> dict[int, tracebuf.EventFormat]:
+    """Read each event's format in instance ``path`` and set its filter;
+    the formats by event id."""
+    formats: dict[int, tracebuf.EventFormat] = {}
+    for event in events:
+        try:
+            fmt = tracebuf.parse_format(_read(path / "events" / event / "format"))
+        except tracebuf.TraceDecodeError as exc:
+            raise TracefsError(errno.EINVAL, f"{event}: {exc}") from exc
+        formats[fmt.id] = fmt
+        if event in filters:
+            _write(path / "events" / event / "filter", filters[event])
+    return formats
+
+
+def _page_layout(path: Path) -> tuple[tracebuf.PageLayout, int]:
+    """The page layout of instance ``path`` (``events/header_page``, else
+    x86_64's) sized to one read, and that read's size."""
+    try:
+        layout = tracebuf.parse_header_page(_read(path / "events" / "header_page"))
+    except (TracefsError, tracebuf.TraceDecodeError):
+        layout = tracebuf.DEFAULT_LAYOUT
+    read_size = page_bytes(path)
+    if read_size != layout.page_size:
+        layout = tracebuf.PageLayout(
+            layout.timestamp_offset,
+            layout.timestamp_size,
+            layout.commit_offset,
+            layout.commit_size,
+            layout.data_offset,
+            read_size - layout.data_offset,
+        )
+    return layout, read_size

@@ -33,10 +33,12 @@ import trio
 
 from core import events, options
 from core.events import App, ConversationDone, DaemonDone, DaemonReady, emit
-from daemons import common
-from daemons.observer import Observer, TraceConfig, trace_filters
+from daemons import closing, common
+from daemons.common import app_error, send_logged
+from daemons.lines import LineReader, MessageTooLong
+from daemons.matching import TraceConfig, trace_filters
+from daemons.observer import Observer
 from daemons.options import ClientOptions
-from daemons.server import LineReader, MessageTooLong, _error, _send_logged
 
 
 class ConversationError(Exception):
@@ -173,7 +175,7 @@ class Client:
             with trio.fail_after(self.args.reply_timeout):
                 for text in self.args.send:
                     line = text.encode() + b"\n"
-                    await _send_logged(sock, line, log, conn)
+                    await send_logged(sock, line, log, conn)
                     echo = await self._read_line(sock, reader, log, key, conn)
                     if echo is None:
                         raise ConversationError("recv", "EOF", "server closed before echoing")
@@ -221,9 +223,9 @@ class Client:
             raise ConversationError("recv", "EMSGSIZE", "reply line too long") from None
         except OSError as exc:
             name = common.errno_name(exc)
-            if name in ("ECONNRESET", "EPIPE"):
+            if closing.is_reset(name):
                 self.observer.note(key, "reset")
-            _error(log, conn, "io", name, exc.strerror or str(exc))
+            app_error(log, conn, "io", name, exc.strerror or str(exc))
             raise ConversationError("io", name, exc.strerror or str(exc)) from None
         return False
 
@@ -259,8 +261,8 @@ class Client:
         if key is None:
             sock.close()
             return
-        abort = self.args.close == "abort"
-        if abort:
+        close = closing.client_close(self.args.close)
+        if close.abort:
             common.set_abortive_close(sock)
         started = time.time()
         sock.close()
@@ -271,13 +273,10 @@ class Client:
                 ts=started,
                 returned_ts=time.time(),
                 conn=conn,
-                how="abort" if abort else "close",
+                how=close.how,
             ),
         )
-        if abort:
-            self.observer.note(key, "reset", "closed")
-        else:
-            self.observer.note(key, "snd_fin", "closed")
+        self.observer.note(key, *close.facts)
 
 
 def parse_args(argv: list[str] | None) -> ClientOptions:

@@ -1,5 +1,5 @@
-"""What the two endpoint daemons share: command-line options, entering the
-namespace, logging setup, socket helpers."""
+"""What the two endpoint daemons share: entering the namespace, logging
+setup, socket helpers, sending and logging, and a daemon's lifecycle."""
 
 from __future__ import annotations
 
@@ -100,6 +100,51 @@ def set_abortive_close(sock: Any) -> None:
     import struct
 
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+async def _sendall(sock: trio.socket.SocketType | socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    if isinstance(sock, socket.socket):
+        # a plain non-blocking socket: send what fits, wait for room for the rest
+        while view:
+            try:
+                sent = sock.send(view)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(sock)
+                continue
+            view = view[sent:]
+        return
+    while view:
+        sent = await sock.send(view)
+        view = view[sent:]
+
+
+async def send_logged(
+    sock: trio.socket.SocketType | socket.socket,
+    data: bytes,
+    log: Any,
+    conn: str,
+    farewell: bool | None = None,
+) -> None:
+    """Send all of ``data``; log ``app_send`` stamped before the call."""
+    started = time.time()
+    await _sendall(sock, data)
+    emit(
+        log,
+        App(
+            kind=events.APP_SEND,
+            ts=started,
+            returned_ts=time.time(),
+            conn=conn,
+            bytes=len(data),
+            farewell=farewell,
+        ),
+    )
+
+
+def app_error(log: Any, conn: str | None, op: str, how: str, detail: str) -> None:
+    """Log an ``app_error``: operation ``op`` failed with ``how`` (an errno name)."""
+    emit(log, App(kind=events.APP_ERROR, ts=time.time(), conn=conn, op=op, how=how, detail=detail))
 
 
 SHUTDOWN_OBSERVE_S = 0.3

@@ -18,7 +18,8 @@ from collections.abc import Callable, KeysView, Mapping
 
 from core.events import TCP_STATES, TIMERS, TcpState
 from daemons import sockdiag
-from daemons.statemachine import Key, Snapshot, SocketTracker, merge_dump
+from daemons.statemachine import SocketTracker
+from daemons.tracking import Key, Snapshot, merge_dump
 
 
 def snapshot_of(info: sockdiag.SockInfo) -> Snapshot:

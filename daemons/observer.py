@@ -24,22 +24,21 @@ dumps and lookups are the whole story, as ``poll`` and ``inferred`` records.
 
 Under load (thousands of sockets: ``benchmarks/echo_load.py``) the work is
 kept to what changed: a dump is compared with the one before as raw idents
-(set differences), and only new or vanished sockets are decoded and handed
-to the tracker; a dump that took ``c`` waits ``10 c`` before the next one
-(:func:`daemons.statemachine.poll_interval`, at most a quarter second); the
-tracepoint ``→ CLOSE`` is looked up only from states a minisock can follow;
-a server's trace filter keeps its own sockets only, and a read that finds
-many events lets the next ones gather for 2 ms.
+(set differences, :mod:`daemons.dumpdiff`), and only new or vanished sockets
+are decoded and handed to the tracker; a dump that took ``c`` waits ``10 c``
+before the next one (:mod:`daemons.pacing`, at most a quarter second); the
+tracepoint ``→ CLOSE`` is looked up only from states a minisock can follow
+(:func:`daemons.traceevents.needs_lookup`); a server's trace filter keeps
+its own sockets only (:mod:`daemons.matching`), and a read that finds many
+events lets the next ones gather for 2 ms.
 
-The merging is :class:`daemons.statemachine.SocketTracker` (pure); this
-module sleeps, reads and logs.
+Every decision is made in a pure module — the merging is
+:class:`daemons.statemachine.SocketTracker` — and this one sleeps, reads,
+keeps the clocks and logs.
 """
 
 from __future__ import annotations
 
-import collections
-import dataclasses
-import ipaddress
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -47,125 +46,23 @@ from typing import Any
 import trio
 
 from core import tracefs
-from core.events import (
-    CLOSED,
-    ObserverStart,
-    ObserverStop,
-    Record,
-    TcpReset,
-    TcpRetransmit,
-    TcpState,
-    emit,
-    endpoint,
-    state_name,
-)
+from core.events import ObserverStart, ObserverStop, Record, TcpState, emit
 from core.tracebuf import TraceEvent
 from daemons import sockdiag
 from daemons.diagsock import DiagSocket
 from daemons.dumpdiff import DumpIndex, dump_records, snapshot_of
-from daemons.statemachine import (
-    Fact,
-    Key,
-    Snapshot,
-    SocketTracker,
-    TraceTransition,
-    may_hand_over,
-    poll_interval,
+from daemons.inference import Fact
+from daemons.matching import TRACE_EVENTS, TraceConfig
+from daemons.pacing import (
+    DEFAULT_INTERVAL,
+    PollPacer,
+    dump_in_thread,
+    looks_after_note,
+    trace_gather_s,
 )
-
-DEFAULT_INTERVAL = 0.005
-"""5 ms: short enough to see a SYN_RECV or FIN_WAIT2 that lasts one RTT of a
-paced lab, cheap enough (one small netlink dump) to run all the time."""
-
-THREAD_DUMP_S = 0.0005
-"""A dump slower than this (thousands of sockets) runs in a worker thread."""
-
-TRACE_EVENTS = (
-    "sock/inet_sock_set_state",
-    "tcp/tcp_retransmit_skb",
-    "tcp/tcp_retransmit_synack",
-    "tcp/tcp_send_reset",
-    "tcp/tcp_receive_reset",
-)
-
-
-def port_filter(ports: Iterable[int]) -> Callable[[Key], bool]:
-    """Sockets with one of ``ports`` at either end."""
-    wanted = frozenset(ports)
-    if not wanted:
-        return lambda _key: True
-    return lambda key: key[1] in wanted or key[3] in wanted
-
-
-def local_filter(host: str, port: int) -> Callable[[Key], bool]:
-    """A listener's sockets: local port ``port`` on ``host`` (any address
-    when ``host`` is a wildcard).  The tracepoints see every namespace's
-    sockets, so "port 7007 at either end" would take in the client's too."""
-    if ipaddress.ip_address(host).is_unspecified:
-        return lambda key: key[1] == port
-    return lambda key: key[1] == port and key[0] == host
-
-
-def trace_filters(address: str | None, local_port: int | None = None) -> dict[str, str]:
-    """ftrace filters keeping the events of sockets with ``address`` at one
-    end (IPv4; the kernel compares ``__u8 saddr[4]`` as a little-endian u32,
-    which is why the number is built that way).  IPv6 addresses cannot be
-    compared in a filter (16 bytes): those are filtered here, by ``match``.
-
-    With ``local_port`` (a listener's), only sockets whose own side is
-    ``address:local_port``: the tracepoints see every namespace, and a
-    server's observer has no use for the events of the client sockets that
-    talk to it — half of what a busy server's ring buffer would carry."""
-    filters = {"sock/inet_sock_set_state": "protocol == 6"}
-    ip = ipaddress.ip_address(address) if address is not None else None
-    v4 = ip is not None and ip.version == 4 and not ip.is_unspecified
-    number = int.from_bytes(ip.packed, "little") if ip is not None and v4 else 0
-    if local_port is not None:
-        mine = f"sport == {local_port}"
-        if v4:
-            mine = f"sport == {local_port} && (family == 10 || saddr == {number:#x})"
-        elif ip is not None and ip.version == 6 and not ip.is_unspecified:
-            mine = f"sport == {local_port} && family == 10"
-        filters["sock/inet_sock_set_state"] = f"protocol == 6 && {mine}"
-        for name in (
-            "tcp/tcp_retransmit_skb",
-            "tcp/tcp_retransmit_synack",
-            "tcp/tcp_receive_reset",
-        ):
-            filters[name] = mine
-        return filters
-    if not v4:
-        return filters
-    by_address = f"family == 10 || saddr == {number:#x} || daddr == {number:#x}"
-    filters["sock/inet_sock_set_state"] = f"protocol == 6 && ({by_address})"
-    for name in ("tcp/tcp_retransmit_skb", "tcp/tcp_retransmit_synack", "tcp/tcp_receive_reset"):
-        filters[name] = by_address
-    return filters
-
-
-POLL_COST_WINDOW = 4
-"""How many recent polls' costs the back-off looks at (their minimum)."""
-
-TRACE_BUSY = 32
-"""A read of the trace that finds this many events means a busy lab..."""
-TRACE_GATHER_S = 0.002
-"""... and the next read waits this long (the events keep the kernel's time
-stamps: only the line is written a little later)."""
-
-TRACE_BUFFER_KB = 4096
-"""Ring buffer per CPU of the observer's ftrace instance.  A server taking
-thousands of connections at once makes tens of thousands of events while its
-event loop is busy with them; 4 MiB per CPU holds about 50,000 before the
-kernel overwrites any (``trace_lost`` in ``observer_stop``)."""
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class TraceConfig:
-    """The observer's own ftrace instance: its name, filters, buffer size."""
-
-    instance: str
-    filters: dict[str, str] = dataclasses.field(default_factory=dict)
-    buffer_kb: int = TRACE_BUFFER_KB
+from daemons.statemachine import SocketTracker
+from daemons.traceevents import event_key, event_record, needs_lookup, transition_of
+from daemons.tracking import Key, Snapshot
 
 
 class WallClock:
@@ -249,12 +146,9 @@ class Observer:
         be ESTABLISHED: the call changed nothing."""
         for fact in facts:
             self.tracker.note(key, fact)
-        if not facts and self.tracker.state_of(key) == "ESTABLISHED":
-            # accept() of a connection a dump already saw established: the
-            # call changed nothing, there is nothing new to look at (under a
-            # burst the dumps see most of the accept queue first)
-            return
-        if look and self._tracer is None and self._lookup_sock is not None:
+        traced = self._tracer is not None
+        state = self.tracker.state_of(key)
+        if self._lookup_sock is not None and looks_after_note(facts, state, look, traced=traced):
             self.lookup(key)
 
     def connecting(self, key: Key) -> None:
@@ -288,12 +182,11 @@ class Observer:
 
     async def poll_once(self) -> list[TcpState]:
         """One dump and diff.  Dumps never overlap.  A dump that took long
-        (many sockets: more than :data:`THREAD_DUMP_S`) moves the next ones
-        to a worker thread, so the event loop never waits on one; a quick one
-        runs on the loop (handing a 100 µs dump to a thread costs more than
-        the dump)."""
+        (many sockets: :func:`daemons.pacing.dump_in_thread`) moves the next
+        ones to a worker thread, so the event loop never waits on one; a
+        quick one runs on the loop."""
         async with self._dump_lock:
-            if self._dump_cost > THREAD_DUMP_S:
+            if dump_in_thread(self._dump_cost):
                 started, now, current = await trio.to_thread.run_sync(self._dump_blocking)
             else:
                 started, now, current = self._dump_blocking()
@@ -337,57 +230,27 @@ class Observer:
         return len(found)
 
     def _on_trace(self, event: TraceEvent) -> None:
-        key: Key = (event.saddr, event.sport, event.daddr, event.dport)
+        key = event_key(event)
         if not self.match(key):
             return
         self.trace_events += 1
         ts = self._clock.wall(event.ts_ns)
-        records: list[Record] = []
-        if event.kind == "set_state":
-            if event.oldstate is None or event.newstate is None:
-                return
-            new = state_name(event.newstate)
-            old = state_name(event.oldstate)
-            successor: Snapshot | None = None
-            looked_up: float | None = None
-            if (
-                new == CLOSED
-                and may_hand_over(old)
-                and key[1]
-                and key[3]
-                and self._lookup_sock is not None
-            ):
-                # a minisock takes over before the full socket closes: is there one?
-                info = self._lookup_sock.lookup(key)
-                looked_up = time.time()
-                self.lookups += 1
-                successor = snapshot_of(info) if info is not None else None
-            transition = TraceTransition(key, event.skaddr, old, new, ts)
-            records.extend(self.tracker.trace(transition, successor, looked_up))
-        elif event.kind in ("retransmit", "retransmit_synack"):
-            local = endpoint(event.saddr, event.sport)
-            records.append(
-                TcpRetransmit(
-                    ts=ts,
-                    conn=self.tracker.conn(key),
-                    local=local,
-                    state=state_name(event.state) if event.state is not None else "SYN_RECV",
-                    synack=event.kind == "retransmit_synack",
-                )
-            )
-        elif event.kind in ("send_reset", "receive_reset"):
-            local = endpoint(event.saddr, event.sport)
-            records.append(
-                TcpReset(
-                    ts=ts,
-                    conn=self.tracker.conn(key),
-                    local=local,
-                    direction="sent" if event.kind == "send_reset" else "received",
-                    state=state_name(event.state) if event.state else None,
-                    reason=event.reason,
-                )
-            )
-        self._log(records)
+        if event.kind != "set_state":
+            record = event_record(event, ts, self.tracker.conn(key))
+            self._log([record] if record is not None else [])
+            return
+        transition = transition_of(event, ts)
+        if transition is None:
+            return
+        successor: Snapshot | None = None
+        looked_up: float | None = None
+        if needs_lookup(transition) and self._lookup_sock is not None:
+            # a minisock takes over before the full socket closes: is there one?
+            info = self._lookup_sock.lookup(key)
+            looked_up = time.time()
+            self.lookups += 1
+            successor = snapshot_of(info) if info is not None else None
+        self._log(self.tracker.trace(transition, successor, looked_up))
 
     def _log(self, records: Iterable[Record]) -> None:
         changed = False
@@ -464,16 +327,12 @@ class Observer:
                     for fd in self._tracer.fds:
                         nursery.start_soon(self._watch_fd, fd)
                 task_status.started()
-                pause = self.interval
-                recent: collections.deque[float] = collections.deque(maxlen=POLL_COST_WINDOW)
+                pacer = PollPacer(self.interval)
+                pause = pacer.first()
                 while True:
                     await trio.sleep(pause)
                     await self.poll_once()
-                    # thousands of sockets make a dump dear: poll less often.
-                    # The cheapest of the last few polls: a poll preempted
-                    # once (another process, a GC pass) is not a dear dump
-                    recent.append(self._poll_cost)
-                    pause = poll_interval(self.interval, min(recent))
+                    pause = pacer.after(self._poll_cost)
         finally:
             for sock in (self._lookup_sock, self._dump_sock):
                 if sock is not None:
@@ -485,12 +344,12 @@ class Observer:
     async def _watch_fd(self, fd: int) -> None:
         """Report trace events as soon as one CPU's ring buffer has some.
         When a read finds many (a burst of connections), let the next ones
-        gather for :data:`TRACE_GATHER_S` first: one read of a full page
-        instead of a read, and a wake-up, every few events."""
+        gather first (:func:`daemons.pacing.trace_gather_s`)."""
         while True:
             await trio.lowlevel.wait_readable(fd)
-            if self.drain_trace() >= TRACE_BUSY:
-                await trio.sleep(TRACE_GATHER_S)
+            gather = trace_gather_s(self.drain_trace())
+            if gather:
+                await trio.sleep(gather)
             else:
                 await trio.lowlevel.checkpoint()
 

@@ -45,50 +45,13 @@ import trio
 from core import events, options
 from core.events import App, DaemonDone, DaemonReady, emit
 from core.policies import ClosePolicy
-from daemons import common
-from daemons.observer import Observer, TraceConfig, local_filter, trace_filters
+from daemons import closing, common
+from daemons.common import app_error, send_logged
+from daemons.inference import Fact
+from daemons.lines import LineReader, MessageTooLong
+from daemons.matching import TraceConfig, local_filter, trace_filters
+from daemons.observer import Observer
 from daemons.options import ServerOptions
-from daemons.statemachine import Fact
-
-
-class MessageTooLong(Exception):
-    pass
-
-
-class LineReader:
-    """Splits a byte stream into lines, refusing lines over ``limit`` bytes."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        self.buf += data
-        lines = []
-        while True:
-            end = self.buf.find(b"\n")
-            if end < 0:
-                break
-            if end > self.limit:
-                raise MessageTooLong(end)
-            lines.append(bytes(self.buf[: end + 1]))
-            del self.buf[: end + 1]
-        if len(self.buf) > self.limit:
-            raise MessageTooLong(len(self.buf))
-        return lines
-
-    def pop_line(self) -> bytes | None:
-        """The next complete line already buffered, or None."""
-        end = self.buf.find(b"\n")
-        if end < 0:
-            if len(self.buf) > self.limit:
-                raise MessageTooLong(len(self.buf))
-            return None
-        if end > self.limit:
-            raise MessageTooLong(end)
-        line = bytes(self.buf[: end + 1])
-        del self.buf[: end + 1]
-        return line
 
 
 class Server:
@@ -96,6 +59,7 @@ class Server:
         self.args = args
         self.log = log
         self.policy: ClosePolicy = args.close
+        self.at_eof = closing.at_eof(self.policy, farewell=args.farewell is not None)
         self.leaked: list[tuple[socket.socket, common.Key]] = []
         self.handled = 0
         self.done = trio.Event()
@@ -189,7 +153,7 @@ class Server:
                 continue
             except OSError as exc:
                 name = common.errno_name(exc)
-                _error(self.log, None, "accept", name, str(exc))
+                app_error(self.log, None, "accept", name, str(exc))
                 await trio.sleep(ACCEPT_PAUSE_S if name in _NO_RESOURCES else 0)
                 continue
             accepted = time.time()
@@ -205,7 +169,8 @@ class Server:
         """One connection, on its non-blocking socket (the calls that find
         their data waiting return at once; the rest wait for the kernel to
         say the socket is ready, which is where cancellation and the idle
-        timeout come in)."""
+        timeout come in).  What to do next is :mod:`daemons.closing`'s to
+        say; this is the doing."""
         # The peer may already have reset the connection (getpeername would
         # fail): take its address from accept().
         local = sock.getsockname()
@@ -214,78 +179,85 @@ class Server:
         log = self.log
         emit(log, App(kind=events.APP_ACCEPT, ts=accepted, conn=conn))
         self._note(key)
-        reader = LineReader(self.args.max_message)
-        echoed = 0
-        policy = self.policy
-        closes_at_once = policy.kind in ("immediate", "abort") and self.args.farewell is None
         keep = False
         reset = False
         try:
             with trio.fail_after(self.args.idle_timeout) as idle:
-                # first:0 and half:0 act before the first message
-                if policy.kind == "first" and policy.after_messages == 0:
-                    raise _CloseFirst
-                if policy.kind == "half" and policy.after_messages == 0:
-                    self._shutdown(sock, key, log, conn)
-                while True:
-                    data = await _recv(sock)
-                    received = time.time()
-                    idle.deadline = trio.current_time() + self.args.idle_timeout
-                    if not data:
-                        emit(
-                            log,
-                            App(kind=events.APP_RECV, ts=received, conn=conn, bytes=0, eof=True),
-                        )
-                        # closing at once: the look at the socket after
-                        # close() will say it all (CLOSE_WAIT then implied)
-                        self._note(key, "rcv_fin", look=not closes_at_once)
-                        break
-                    emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=len(data)))
-                    for line in reader.feed(data):
-                        if policy.kind == "half" and echoed >= policy.after_messages:
-                            continue  # write side is shut: read and drop
-                        await _send_logged(sock, line, log, conn)
-                        echoed += 1
-                        if policy.kind == "first" and echoed >= policy.after_messages:
-                            raise _CloseFirst
-                        if policy.kind == "half" and echoed == policy.after_messages:
-                            self._shutdown(sock, key, log, conn)
-            # The client's FIN has arrived: we are in CLOSE_WAIT.
-            if self.args.farewell is not None and policy.kind != "half":
-                line = self.args.farewell.encode() + b"\n"
-                await _send_logged(sock, line, log, conn, farewell=True)
-            if policy.kind == "linger":
-                await trio.sleep(policy.linger_s)
-            elif policy.kind == "never":
-                keep = True
-                self.leaked.append((sock, key))
-                emit(
-                    log,
-                    App(
-                        kind=events.APP_CLOSE,
-                        ts=time.time(),
-                        conn=conn,
-                        how="never",
-                        detail="socket kept open: CLOSE_WAIT",
-                    ),
-                )
-                return
-        except _CloseFirst:
-            pass
+                if await self._echo(sock, key, conn, idle):
+                    # The client's FIN has arrived: we are in CLOSE_WAIT.
+                    keep = await self._after_eof(sock, key, conn)
         except MessageTooLong as exc:
-            _error(log, conn, "recv", "EMSGSIZE", f"line over {exc} bytes")
+            app_error(log, conn, "recv", "EMSGSIZE", f"line over {exc} bytes")
         except trio.TooSlowError:
-            _error(log, conn, "recv", "idle", "idle timeout")
+            app_error(log, conn, "recv", "idle", "idle timeout")
         except OSError as exc:
             name = common.errno_name(exc)
-            if name in ("ECONNRESET", "EPIPE"):
+            if closing.is_reset(name):
                 # the connection is gone; the close below looks, once
                 reset = True
                 self._note(key, "reset", look=False)
-            _error(log, conn, "io", name, str(exc))
+            app_error(log, conn, "io", name, str(exc))
         finally:
             if not keep:
                 self._close(sock, key, log, conn, reset=reset)
+
+    async def _echo(
+        self, sock: socket.socket, key: common.Key, conn: str, idle: trio.CancelScope
+    ) -> bool:
+        """Echo lines until the client's FIN (True) or until the policy
+        closes first (False).  Every read pushes the ``idle`` deadline on."""
+        log = self.log
+        policy = self.policy
+        first = closing.at_accept(policy)
+        if first == "close":
+            return False
+        if first == "shutdown":
+            self._shutdown(sock, key, log, conn)
+        reader = LineReader(self.args.max_message)
+        echoed = 0
+        while True:
+            data = await _recv(sock)
+            received = time.time()
+            idle.deadline = trio.current_time() + self.args.idle_timeout
+            if not data:
+                emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=0, eof=True))
+                self._note(key, "rcv_fin", look=self.at_eof.look)
+                return True
+            emit(log, App(kind=events.APP_RECV, ts=received, conn=conn, bytes=len(data)))
+            for line in reader.feed(data):
+                step = closing.on_line(policy, echoed)
+                if not step.echo:
+                    continue
+                await send_logged(sock, line, log, conn)
+                echoed += 1
+                if step.then == "close":
+                    return False
+                if step.then == "shutdown":
+                    self._shutdown(sock, key, log, conn)
+
+    async def _after_eof(self, sock: socket.socket, key: common.Key, conn: str) -> bool:
+        """In CLOSE_WAIT: the farewell, then linger or keep the socket, as the
+        policy says; True if the socket is kept open (``never``)."""
+        step = self.at_eof
+        if step.farewell and self.args.farewell is not None:
+            line = self.args.farewell.encode() + b"\n"
+            await send_logged(sock, line, self.log, conn, farewell=True)
+        if step.then == "linger":
+            await trio.sleep(step.linger_s)
+        elif step.then == "keep":
+            self.leaked.append((sock, key))
+            emit(
+                self.log,
+                App(
+                    kind=events.APP_CLOSE,
+                    ts=time.time(),
+                    conn=conn,
+                    how="never",
+                    detail="socket kept open: CLOSE_WAIT",
+                ),
+            )
+            return True
+        return False
 
     def _note(self, key: common.Key, *facts: Fact, look: bool = True) -> None:
         if self.observer is not None:
@@ -312,8 +284,8 @@ class Server:
     ) -> None:
         """Close (abortively under ``abort``); after a reset the kernel has
         closed the connection already, and close() sends nothing."""
-        abort = self.policy.kind == "abort"
-        if abort:
+        close = closing.server_close(self.policy, reset=reset)
+        if close.abort:
             common.set_abortive_close(sock)
         started = time.time()
         sock.close()
@@ -324,17 +296,10 @@ class Server:
                 ts=started,
                 returned_ts=time.time(),
                 conn=conn,
-                how="abort" if abort else "close",
+                how=close.how,
             ),
         )
-        if abort or reset:
-            self._note(key, "reset", "closed")
-        else:
-            self._note(key, "snd_fin", "closed")
-
-
-class _CloseFirst(Exception):
-    """The policy says: close now, before the client does."""
+        self._note(key, *close.facts)
 
 
 ACCEPT_PAUSE_S = 0.1
@@ -359,50 +324,6 @@ async def _recv(sock: socket.socket, size: int = 65536) -> bytes:
         if not waited:
             await trio.lowlevel.checkpoint()
         return data
-
-
-async def _sendall(sock: trio.socket.SocketType | socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    if isinstance(sock, socket.socket):
-        # a plain non-blocking socket: send what fits, wait for room for the rest
-        while view:
-            try:
-                sent = sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
-                continue
-            view = view[sent:]
-        return
-    while view:
-        sent = await sock.send(view)
-        view = view[sent:]
-
-
-async def _send_logged(
-    sock: trio.socket.SocketType | socket.socket,
-    data: bytes,
-    log: Any,
-    conn: str,
-    farewell: bool | None = None,
-) -> None:
-    """Send all of ``data``; log ``app_send`` stamped before the call."""
-    started = time.time()
-    await _sendall(sock, data)
-    emit(
-        log,
-        App(
-            kind=events.APP_SEND,
-            ts=started,
-            returned_ts=time.time(),
-            conn=conn,
-            bytes=len(data),
-            farewell=farewell,
-        ),
-    )
-
-
-def _error(log: Any, conn: str | None, op: str, how: str, detail: str) -> None:
-    emit(log, App(kind=events.APP_ERROR, ts=time.time(), conn=conn, op=op, how=how, detail=detail))
 
 
 def parse_args(argv: list[str] | None) -> ServerOptions:

@@ -19,7 +19,8 @@ import trio
 from core import netns, options
 from core.tracefs import TRACE_PREFIX
 from daemons import common
-from daemons.observer import Observer, TraceConfig, port_filter, trace_filters
+from daemons.matching import TraceConfig, port_filter, trace_filters
+from daemons.observer import Observer
 from daemons.options import WatchOptions
 
 

@@ -23,6 +23,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +33,9 @@ from core import logs, netns, options, proc
 from core.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 from core.rules import RuleError
 from proxy import capture, control, express, forward, rules
+from proxy.controller import Controller
 from proxy.middlebox import Middlebox, Output
-from proxy.neighbours import RouteTable
+from proxy.neighbours import Port, RouteTable
 from proxy.options import ProxyOptions, rules_from_file
 
 
@@ -59,7 +61,7 @@ def _express_teardown(ports: list[str]) -> None:
 
 
 async def _serve_control(
-    sock: trio.socket.SocketType, path: Path, controller: control.Controller, log: Any
+    sock: trio.socket.SocketType, path: Path, controller: Controller, log: Any
 ) -> None:
     """The control socket, whose failure never stops the forwarding: it is
     logged, and the proxy forwards on without it."""
@@ -99,12 +101,10 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def amain(
-    args: ProxyOptions,
-    log: Any,
-    engine: rules.RuleEngine,
-    outcome: Outcome | None = None,
-) -> int:
+def _build_middlebox(args: ProxyOptions, engine: rules.RuleEngine) -> tuple[Middlebox, list[Port]]:
+    """The middlebox for ``--front`` and ``--back``, with this namespace's
+    routes and the neighbours its kernel knows already (read once, before
+    forwarding starts)."""
     ports, routes, known = forward.discover([args.front, args.back])
     middlebox = Middlebox(
         ports,
@@ -114,19 +114,32 @@ async def amain(
     )
     for port_name, ip, mac in known:
         middlebox.neighbours.learn(port_name, ip, mac, trio.current_time())
-    lane = args.express == "on" or (args.express == "auto" and args.log_segments != "all")
-    if lane:
-        try:
-            await trio.to_thread.run_sync(_express_setup, [p.name for p in ports])
-        except OSError as exc:
-            await trio.to_thread.run_sync(_express_teardown, [p.name for p in ports])
-            if args.express == "on":
-                raise
-            # no tc, or a kernel without clsact/u32/mirred: every frame
-            # through the proxy, which is correct, only slower
-            emit(log, ExpressUnavailable(ts=time.time(), reason=str(exc)))
-            lane = False
-        middlebox.express_enabled = lane
+    return middlebox, ports
+
+
+async def _setup_express(args: ProxyOptions, log: Any, names: list[str]) -> bool:
+    """Whether the express lane runs: set up when ``--express on``, or
+    ``auto`` while not every segment is logged.  If tc cannot set it up,
+    ``on`` raises and ``auto`` logs why and goes on without it."""
+    if not (args.express == "on" or (args.express == "auto" and args.log_segments != "all")):
+        return False
+    try:
+        await trio.to_thread.run_sync(_express_setup, names)
+    except OSError as exc:
+        await trio.to_thread.run_sync(_express_teardown, names)
+        if args.express == "on":
+            raise
+        # no tc, or a kernel without clsact/u32/mirred: every frame
+        # through the proxy, which is correct, only slower
+        emit(log, ExpressUnavailable(ts=time.time(), reason=str(exc)))
+        return False
+    return True
+
+
+def _open_interfaces(ports: list[Port], lane: bool) -> list[forward.Interface]:
+    """A packet socket per port.  With the express lane the proxy reads
+    the port's shadow veth (what the lane does not pass on) and sends on
+    the port itself."""
     interfaces = []
     for port in ports:
         if lane:
@@ -137,15 +150,27 @@ async def amain(
         else:
             sock, index = forward.open_packet_socket(port.name)
             interfaces.append(forward.Interface(port, index, sock))
-    # opened once before forwarding starts, closed in the finally below
-    pcap_file = Path(args.pcap).open("wb") if args.pcap else None  # noqa: ASYNC230, SIM115
-    middlebox.describe_every_segment = pcap_file is not None
-    writer = capture.PcapWriter(pcap_file, [p.name for p in ports]) if pcap_file else None
+    return interfaces
+
+
+def _open_capture(pcap: str | None, names: list[str]) -> capture.PcapWriter | None:
+    """The ``--pcap`` writer; its file is opened once, before forwarding
+    starts, and closed by :func:`_close`."""
+    if not pcap:
+        return None
+    return capture.PcapWriter(Path(pcap).open("wb"), names)
+
+
+def _capture_frames(
+    writer: capture.PcapWriter,
+) -> Callable[[str, bytes | bytearray | memoryview, Output, float], None]:
+    """The forwarder's ``on_frame``: each frame read goes in the capture
+    with its verdict as a comment, and so does every frame it made the
+    proxy inject."""
 
     def on_frame(
         port: str, frame: bytes | bytearray | memoryview, out: Output, arrival: float
     ) -> None:
-        assert writer is not None
         writer.write(port, frame, capture.comment_for(out.segment), timestamp=arrival)
         for injected_port, injected, record in out.injected:
             writer.write(
@@ -156,65 +181,118 @@ async def amain(
                 timestamp=arrival,
             )
 
+    return on_frame
+
+
+async def _start_control(
+    nursery: trio.Nursery,
+    path: str | Path,
+    middlebox: Middlebox,
+    forwarder: forward.Forwarder,
+    log: Any,
+) -> None:
+    """Bind the control socket and serve it in ``nursery``.  A socket that
+    cannot be made stops the proxy before it starts (raised); one that fails
+    later does not (:func:`_serve_control`)."""
+    controller = Controller(
+        middlebox,
+        release=forwarder.release,
+        changed=forwarder.changed,
+        log=log,
+    )
+    control_sock = await control.bind(path)
+    nursery.start_soon(_serve_control, control_sock, Path(path), controller, log)
+
+
+def _ready(args: ProxyOptions, engine: rules.RuleEngine, lane: bool) -> DaemonReady:
+    return DaemonReady(
+        ts=time.time(),
+        front=args.front,
+        back=args.back,
+        rules=tuple(engine.describe()),
+        pace_ms=engine.pace * 1000 if engine.pace else None,
+        control=str(args.control) if args.control else None,
+        pcap=str(args.pcap) if args.pcap else None,
+        log_segments=args.log_segments,
+        express=lane,
+    )
+
+
+async def _forward_until_signal(
+    args: ProxyOptions,
+    log: Any,
+    engine: rules.RuleEngine,
+    middlebox: Middlebox,
+    forwarder: forward.Forwarder,
+    lane: bool,
+) -> str:
+    """Forward and serve the control socket until SIGTERM or SIGINT; the
+    status to log: ``terminated`` or ``interrupted``."""
+    status = "ok"
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+
+            async def on_signal() -> None:
+                nonlocal status
+                async for signum in signals:
+                    status = "terminated" if signum == signal.SIGTERM else "interrupted"
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(on_signal)
+            await nursery.start(forwarder.run)
+            if args.control:
+                await _start_control(nursery, args.control, middlebox, forwarder, log)
+            emit(log, _ready(args, engine, lane))
+            # keep the signal receiver installed for as long as we forward
+            await trio.sleep_forever()
+    return status
+
+
+async def _close(
+    interfaces: list[forward.Interface],
+    lane: bool,
+    names: list[str],
+    writer: capture.PcapWriter | None,
+) -> None:
+    """Close what :func:`amain` opened, however it ends; the express lane's
+    tc filters come off even when the proxy is cancelled."""
+    for iface in interfaces:
+        iface.close()
+    if lane:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_express_teardown, names)
+    if writer is not None:
+        writer.stream.close()
+
+
+async def amain(
+    args: ProxyOptions,
+    log: Any,
+    engine: rules.RuleEngine,
+    outcome: Outcome | None = None,
+) -> int:
+    middlebox, ports = _build_middlebox(args, engine)
+    names = [p.name for p in ports]
+    lane = await _setup_express(args, log, names)
+    middlebox.express_enabled = lane
+    interfaces = _open_interfaces(ports, lane)
+    writer = _open_capture(args.pcap, names)
+    middlebox.describe_every_segment = writer is not None
     forwarder = forward.Forwarder(
         middlebox,
         interfaces,
         on_records=forward.log_records(log),
-        on_frame=on_frame if writer else None,
+        on_frame=_capture_frames(writer) if writer else None,
     )
     status = "ok"
     error: str | None = None
     try:
-        async with trio.open_nursery() as nursery:
-            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-
-                async def on_signal() -> None:
-                    nonlocal status
-                    async for signum in signals:
-                        status = "terminated" if signum == signal.SIGTERM else "interrupted"
-                        nursery.cancel_scope.cancel()
-
-                nursery.start_soon(on_signal)
-                await nursery.start(forwarder.run)
-                if args.control:
-                    controller = control.Controller(
-                        middlebox,
-                        release=forwarder.release,
-                        changed=forwarder.changed,
-                        log=log,
-                    )
-                    # a socket that cannot be made stops the proxy before it starts
-                    control_sock = await control.bind(args.control)
-                    nursery.start_soon(
-                        _serve_control, control_sock, Path(args.control), controller, log
-                    )
-                emit(
-                    log,
-                    DaemonReady(
-                        ts=time.time(),
-                        front=args.front,
-                        back=args.back,
-                        rules=tuple(engine.describe()),
-                        pace_ms=engine.pace * 1000 if engine.pace else None,
-                        control=str(args.control) if args.control else None,
-                        pcap=str(args.pcap) if args.pcap else None,
-                        log_segments=args.log_segments,
-                        express=lane,
-                    ),
-                )
-                # keep the signal receiver installed for as long as we forward
-                await trio.sleep_forever()
+        status = await _forward_until_signal(args, log, engine, middlebox, forwarder, lane)
     except BaseException as exc:
         status, error = "error", describe_error(exc)
         raise
     finally:
-        for iface in interfaces:
-            iface.close()
-        if lane:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_express_teardown, [p.name for p in ports])
-        if pcap_file is not None:
-            pcap_file.close()
+        await _close(interfaces, lane, names, writer)
         emit(
             log,
             DaemonDone(

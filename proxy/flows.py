@@ -175,6 +175,8 @@ class Tagged(NamedTuple):
 
 
 _ORDER = {tag: i for i, tag in enumerate(TAGS)}
+_ROLE_ACKS = frozenset({"handshake-ack", "fin-ack", "last-ack"})
+"""Acknowledgments with a role of their own: never plain ``ack`` as well."""
 
 
 class FlowTable:
@@ -209,10 +211,31 @@ class FlowTable:
         now: float,
     ) -> Tagged:
         """Tag one segment (and update its connection)."""
-        syn = flags & SYN
-        has_ack = flags & ACK
+        flow = self._flow_for(src, dst, flags, seq, now)
+        direction: Direction = "c2s" if src == flow.client else "s2c"
+        segment = _Segment(flow, direction, flags, seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, payload_len)
+        # each step only where it applies, in this order: later ones read what earlier ones learned
+        if segment.me.isn is None or segment.peer.isn is None:
+            _learn_isns(segment)
+        if segment.syn or not flow.handshake_done:
+            _tag_handshake(segment)
+        if payload_len:
+            _tag_data(segment)
+        if segment.fin:
+            _tag_fin(segment)
+        if segment.has_ack:
+            _tag_ack(segment)
+        if segment.rst:
+            _tag_reset(segment)
+        _advance(segment, now)
+        return segment.tagged()
+
+    def _flow_for(self, src: Endpoint, dst: Endpoint, flags: int, seq: int, now: float) -> Flow:
+        """The connection a segment from ``src`` to ``dst`` belongs to: the one
+        known, or a new one — also when a new SYN from the client (a different
+        ISN) reuses the 4-tuple of a connection that is over."""
         flow = self._index.get((src, dst))
-        if flow is not None and syn and not has_ack and src == flow.client:
+        if flow is not None and flags & SYN and not flags & ACK and src == flow.client:
             client_side = flow.sides["c2s"]
             if flow.finished or (client_side.isn is not None and seq != client_side.isn):
                 self._remove(flow)
@@ -221,102 +244,7 @@ class FlowTable:
             flow = self._new_flow(src, dst, flags)
         flow.last_seen = now
         self._lru.move_to_end((flow.client, flow.server))
-
-        direction: Direction = "c2s" if src == flow.client else "s2c"
-        me = flow.sides[direction]
-        peer = flow.sides["s2c" if direction == "c2s" else "c2s"]
-        tags: list[str] = []
-        seq &= 0xFFFFFFFF
-        ack &= 0xFFFFFFFF
-
-        if me.isn is None:
-            # first segment from this side: a SYN gives the ISN; mid-stream, as
-            # if the SYN had come just before
-            me.isn = seq if syn else (seq - 1) % SEQ_MOD
-            me.next_seq = me.isn + 1 if not syn else seq
-        if peer.isn is None and has_ack and not syn:
-            peer.isn = (ack - 1) % SEQ_MOD
-            peer.next_seq = ack
-
-        if syn:
-            tags.append("syn-ack" if has_ack else "syn")
-            if me.syn_seen:
-                tags.append("retransmit")
-            me.syn_seen = True
-        elif has_ack and direction == "c2s" and not flow.handshake_done:
-            server = flow.sides["s2c"]
-            if server.syn_seen and server.isn is not None and ack == (server.isn + 1) % SEQ_MOD:
-                tags.append("handshake-ack")
-                flow.handshake_done = True
-        if payload_len:
-            tags.append("data")
-            if me.next_seq is not None and seq_lt(seq, me.next_seq) and "retransmit" not in tags:
-                tags.append("retransmit")
-        fin = flags & FIN
-        if fin:
-            tags.append("fin")
-            fin_seq = (seq + payload_len) % SEQ_MOD
-            if me.fin_seq is None:
-                me.fin_seq = fin_seq
-                if flow.first_fin is None:
-                    flow.first_fin = direction
-            elif fin_seq == me.fin_seq and "retransmit" not in tags:
-                tags.append("retransmit")
-        rst = flags & RST
-        if has_ack and not rst and peer.fin_seq is not None and ack == (peer.fin_seq + 1) % SEQ_MOD:
-            # acknowledges the peer's FIN; the peer's FIN was the second one
-            # when ours came first
-            second = flow.first_fin == direction and me.fin_seq is not None
-            pure = not payload_len and not fin and not syn
-            if not peer.fin_acked:
-                peer.fin_acked = True
-                tags.append("fin-ack")
-                if second:
-                    tags.append("last-ack")
-            elif pure:
-                tags.append("fin-ack")
-                if second:
-                    tags.append("last-ack")
-                tags.append("retransmit")
-        if (
-            has_ack
-            and not payload_len
-            and not syn
-            and not fin
-            and not rst
-            and not any(t in tags for t in ("handshake-ack", "fin-ack", "last-ack"))
-        ):
-            tags.append("ack")
-        if rst:
-            tags.append("rst")
-            flow.reset = True
-
-        # advance what this side has sent
-        end = (seq + payload_len + (1 if syn else 0) + (1 if fin else 0)) % SEQ_MOD
-        if not rst and (me.next_seq is None or seq_lt(me.next_seq, end)):
-            me.next_seq = end
-        if has_ack:
-            me.last_ack = ack
-        if flow.closed_at is None and (flow.reset or (me.fin_acked and peer.fin_acked)):
-            flow.closed_at = now
-
-        if len(tags) > 1:
-            tags.sort(key=_ORDER.__getitem__)
-        rseq = (seq - me.isn) % SEQ_MOD
-        rack = (ack - peer.isn) % SEQ_MOD if has_ack and peer.isn is not None else 0
-        return Tagged(
-            flow,
-            flow.conn,
-            flow.number,
-            direction,
-            tuple(tags),
-            flags_text(flags),
-            seq,
-            ack,
-            rseq,
-            rack,
-            payload_len,
-        )
+        return flow
 
     def expire(self, now: float) -> list[Flow]:
         """Forget idle connections and finished ones past their grace time."""
@@ -357,3 +285,165 @@ class FlowTable:
             del self._index[(flow.client, flow.server)]
         if self._index.get((flow.server, flow.client)) is flow:
             del self._index[(flow.server, flow.client)]
+
+
+# --- the tagging rules, one role at a time -----------------------------------------
+
+
+class _Segment:
+    """One segment while it is tagged: its numbers, its connection's two
+    sides as this segment's sender sees them, and the tags so far."""
+
+    __slots__ = (
+        "ack",
+        "direction",
+        "fin",
+        "flags",
+        "flow",
+        "has_ack",
+        "length",
+        "me",
+        "peer",
+        "rst",
+        "seg_len",
+        "seq",
+        "syn",
+        "tags",
+    )
+
+    def __init__(
+        self, flow: Flow, direction: Direction, flags: int, seq: int, ack: int, length: int
+    ) -> None:
+        self.flow = flow
+        self.direction = direction
+        self.me = flow.sides[direction]
+        self.peer = flow.sides["s2c" if direction == "c2s" else "c2s"]
+        self.flags = flags
+        self.seq = seq
+        self.ack = ack
+        self.length = length
+        self.syn = flags & SYN
+        self.fin = flags & FIN
+        self.rst = flags & RST
+        self.has_ack = flags & ACK
+        # SEG.LEN, RFC 9293 §3.4: SYN and FIN take a sequence number each
+        self.seg_len = length + (1 if self.syn else 0) + (1 if self.fin else 0)
+        self.tags: list[str] = []
+
+    def retransmit(self) -> None:
+        """It carries sequence space this side has sent before (tagged once)."""
+        if "retransmit" not in self.tags:
+            self.tags.append("retransmit")
+
+    def tagged(self) -> Tagged:
+        tags = self.tags
+        if len(tags) > 1:
+            tags.sort(key=_ORDER.__getitem__)
+        isn, peer_isn = self.me.isn, self.peer.isn
+        assert isn is not None  # _learn_isns gave every sender one
+        rack = (self.ack - peer_isn) % SEQ_MOD if self.has_ack and peer_isn is not None else 0
+        return Tagged(
+            self.flow,
+            self.flow.conn,
+            self.flow.number,
+            self.direction,
+            tuple(tags),
+            flags_text(self.flags),
+            self.seq,
+            self.ack,
+            (self.seq - isn) % SEQ_MOD,
+            rack,
+            self.length,
+        )
+
+
+def _learn_isns(s: _Segment) -> None:
+    """A side's first segment gives its ISN: a SYN's own sequence number, or,
+    mid-stream, as if the SYN had come just before (and what the segment
+    acknowledges gives the peer's, when the peer has not been seen)."""
+    me, peer = s.me, s.peer
+    if me.isn is None:
+        me.isn = s.seq if s.syn else (s.seq - 1) % SEQ_MOD
+        me.next_seq = me.isn + 1 if not s.syn else s.seq
+    if peer.isn is None and s.has_ack and not s.syn:
+        peer.isn = (s.ack - 1) % SEQ_MOD
+        peer.next_seq = s.ack
+
+
+def _tag_handshake(s: _Segment) -> None:
+    """``syn`` or ``syn-ack`` (a second one from a side is a retransmission),
+    and the client's ``handshake-ack``: its first segment acknowledging the
+    server's SYN."""
+    if s.syn:
+        s.tags.append("syn-ack" if s.has_ack else "syn")
+        if s.me.syn_seen:
+            s.retransmit()
+        s.me.syn_seen = True
+    elif s.has_ack and s.direction == "c2s" and not s.flow.handshake_done:
+        server = s.flow.sides["s2c"]
+        if server.syn_seen and server.isn is not None and s.ack == (server.isn + 1) % SEQ_MOD:
+            s.tags.append("handshake-ack")
+            s.flow.handshake_done = True
+
+
+def _tag_data(s: _Segment) -> None:
+    """A segment with payload: ``data``; a retransmission when it starts below
+    what this side has sent."""
+    s.tags.append("data")
+    if s.me.next_seq is not None and seq_lt(s.seq, s.me.next_seq):
+        s.retransmit()
+
+
+def _tag_fin(s: _Segment) -> None:
+    """A FIN: ``fin``; the side's FIN is remembered (and which side closed
+    first), and the same FIN again is a retransmission."""
+    s.tags.append("fin")
+    fin_seq = (s.seq + s.length) % SEQ_MOD
+    if s.me.fin_seq is None:
+        s.me.fin_seq = fin_seq
+        if s.flow.first_fin is None:
+            s.flow.first_fin = s.direction
+    elif fin_seq == s.me.fin_seq:
+        s.retransmit()
+
+
+def _tag_ack(s: _Segment) -> None:
+    """An ACK: ``fin-ack`` (and ``last-ack`` for the second FIN) when it is the
+    first segment acknowledging the peer's FIN, or a pure ACK acknowledging it
+    again (from TIME_WAIT, answering a retransmitted FIN), which is also a
+    retransmission; ``ack`` when it carries nothing and has no other role."""
+    if s.rst:
+        return
+    peer = s.peer
+    acks_fin = peer.fin_seq is not None and s.ack == (peer.fin_seq + 1) % SEQ_MOD
+    # a segment that carries more than a re-ACK is tagged by what it carries
+    if acks_fin and not (peer.fin_acked and s.seg_len):
+        again = peer.fin_acked
+        peer.fin_acked = True
+        s.tags.append("fin-ack")
+        # the peer's FIN was the second one when ours came first
+        if s.flow.first_fin == s.direction and s.me.fin_seq is not None:
+            s.tags.append("last-ack")
+        if again:
+            s.retransmit()
+    if not s.seg_len and _ROLE_ACKS.isdisjoint(s.tags):
+        s.tags.append("ack")
+
+
+def _tag_reset(s: _Segment) -> None:
+    """An RST: ``rst``, in any state; the connection is over."""
+    s.tags.append("rst")
+    s.flow.reset = True
+
+
+def _advance(s: _Segment, now: float) -> None:
+    """Record what this side has now sent and acknowledged; the connection is
+    finished once it is reset or both FINs are acknowledged."""
+    me, flow = s.me, s.flow
+    end = (s.seq + s.seg_len) % SEQ_MOD
+    if not s.rst and (me.next_seq is None or seq_lt(me.next_seq, end)):
+        me.next_seq = end
+    if s.has_ack:
+        me.last_ack = s.ack
+    if flow.closed_at is None and (flow.reset or (me.fin_acked and s.peer.fin_acked)):
+        flow.closed_at = now

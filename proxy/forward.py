@@ -42,8 +42,9 @@ import trio
 
 from core.events import Record, emit
 from proxy import express
-from proxy.middlebox import Middlebox, Output, stamp_sent
+from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
+from proxy.verdicts import stamp_sent
 
 # include/uapi/linux/if_ether.h, include/uapi/linux/if_packet.h
 ETH_P_ALL = 0x0003

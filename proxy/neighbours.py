@@ -13,7 +13,8 @@ it needs the three things a router's forwarding path has:
 - resolution: when a next hop's MAC is unknown, an ARP request (RFC 826) or
   Neighbor Solicitation (RFC 4861 §7.2.2) is sent, and the frames waiting for
   the answer are queued (bounded) instead of dropped — a lost first SYN
-  would look like a fault the user did not ask for.
+  would look like a fault the user did not ask for.  The ARP and ND packets
+  themselves, sent and read, are :mod:`proxy.neighbour_frames`.
 
 Every table here is bounded, because every one of them is filled by what
 arrives on the wire, and anyone on a link can send frames from any number of
@@ -38,22 +39,9 @@ import collections
 import dataclasses
 import ipaddress
 import socket
-import struct
 from collections.abc import Iterable
 
-from proxy import wire
-
-ETH_BROADCAST = b"\xff" * 6
-# RFC 826: hardware type Ethernet (1), protocol IPv4, request 1 / reply 2
-ARP_REQUEST = 1
-ARP_REPLY = 2
-_ARP = struct.Struct("!HHBBH6s4s6s4s")
-# RFC 4861 §4.3 / §4.4: ICMPv6 types and the link-layer address options
-ICMPV6 = 58
-ND_NEIGHBOR_SOLICIT = 135
-ND_NEIGHBOR_ADVERT = 136
-ND_OPT_SOURCE_LL = 1
-ND_OPT_TARGET_LL = 2
+from proxy.neighbour_frames import arp_request, neighbor_solicitation, parse_neighbour_frame
 
 RESOLVE_RETRY = 1.0
 """Seconds between ARP/NS retries (RFC 4861 RetransTimer, 1 s)."""
@@ -389,93 +377,3 @@ class NeighbourTable:
             return []
         ip, mac = learned
         return self.learn(port, ip, mac, now)
-
-
-def arp_request(src_mac: bytes, src_ip: str, target_ip: str) -> bytes:
-    """Who has ``target_ip``? Tell ``src_ip`` (broadcast)."""
-    body = _ARP.pack(
-        1,
-        wire.ETH_P_IP,
-        6,
-        4,
-        ARP_REQUEST,
-        src_mac,
-        socket.inet_aton(src_ip),
-        b"\0" * 6,
-        socket.inet_aton(target_ip),
-    )
-    return wire.build_ethernet(ETH_BROADCAST, src_mac, wire.ETH_P_ARP, body)
-
-
-def solicited_node(target: str) -> tuple[str, bytes]:
-    """The solicited-node multicast address for ``target`` and its MAC
-    (RFC 4291 §2.7.1, RFC 2464 §7)."""
-    packed = socket.inet_pton(socket.AF_INET6, target)
-    group = socket.inet_pton(socket.AF_INET6, "ff02::1:ff00:0")[:13] + packed[13:]
-    return socket.inet_ntop(socket.AF_INET6, group), b"\x33\x33" + group[12:]
-
-
-def _icmpv6(src: str, dst: str, body: bytes) -> bytes:
-    pseudo = (
-        socket.inet_pton(socket.AF_INET6, src)
-        + socket.inet_pton(socket.AF_INET6, dst)
-        + struct.pack("!I3xB", len(body), ICMPV6)
-    )
-    checksum = wire.internet_checksum(pseudo + body)
-    return body[:2] + struct.pack("!H", checksum) + body[4:]
-
-
-def neighbor_solicitation(src_mac: bytes, src_ip: str, target_ip: str) -> bytes:
-    """RFC 4861 §4.3, to the target's solicited-node group, hop limit 255."""
-    group, group_mac = solicited_node(target_ip)
-    body = (
-        struct.pack("!BBHI", ND_NEIGHBOR_SOLICIT, 0, 0, 0)
-        + socket.inet_pton(socket.AF_INET6, target_ip)
-        + struct.pack("!BB", ND_OPT_SOURCE_LL, 1)
-        + src_mac
-    )
-    packet = wire.build_ipv6(src_ip, group, ICMPV6, _icmpv6(src_ip, group, body), hop_limit=255)
-    return wire.build_ethernet(group_mac, src_mac, wire.ETH_P_IPV6, packet)
-
-
-def parse_neighbour_frame(frame: bytes) -> tuple[str, bytes] | None:
-    """``(ip, mac)`` announced by an ARP packet (its sender) or by a Neighbor
-    Advertisement / Solicitation (its link-layer option); None otherwise.
-    Never raises."""
-    if len(frame) < 14:
-        return None
-    ethertype = int.from_bytes(frame[12:14], "big")
-    if ethertype == wire.ETH_P_ARP:
-        if len(frame) < 14 + _ARP.size:
-            return None
-        htype, ptype, hlen, plen, _op, sha, spa, _tha, _tpa = _ARP.unpack_from(frame, 14)
-        if htype != 1 or ptype != wire.ETH_P_IP or hlen != 6 or plen != 4:
-            return None
-        if spa == b"\0\0\0\0":
-            return None  # an ARP probe: the sender has no address yet
-        return socket.inet_ntoa(spa), sha
-    if ethertype != wire.ETH_P_IPV6 or len(frame) < 14 + 40 + 24:
-        return None
-    if frame[14 + 6] != ICMPV6:
-        return None
-    icmp = 14 + 40
-    kind = frame[icmp]
-    src = socket.inet_ntop(socket.AF_INET6, frame[14 + 8 : 14 + 24])
-    target = socket.inet_ntop(socket.AF_INET6, frame[icmp + 8 : icmp + 24])
-    if kind == ND_NEIGHBOR_ADVERT:
-        want, ip = ND_OPT_TARGET_LL, target
-    elif kind == ND_NEIGHBOR_SOLICIT:
-        if src == "::":
-            return None  # duplicate address detection: no address yet
-        want, ip = ND_OPT_SOURCE_LL, src
-    else:
-        return None
-    offset = icmp + 24
-    while offset + 8 <= len(frame):
-        opt, units = frame[offset], frame[offset + 1]
-        if units == 0:
-            return None
-        if opt == want and units == 1:
-            return ip, bytes(frame[offset + 2 : offset + 8])
-        offset += units * 8
-    return None

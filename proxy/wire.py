@@ -1,12 +1,14 @@
-"""Ethernet, IPv4, IPv6 and TCP: parse and build, checksums (sans-IO).
+"""Ethernet, IPv4, IPv6 and TCP frames: parse, check and complete checksums (sans-IO).
 
 The middlebox reads whole Ethernet frames off its ports.  This module turns
 one into a :class:`Frame` — Ethernet header, IP header (v4 with options, v6
 with its extension headers skipped), TCP header — without copying the
-payload, and builds frames for tests and for the RSTs the proxy injects.
-The lab's endpoints have TSO/GSO and TX checksum offload off, so one frame
-is one real segment with a finished checksum; when a frame still arrives
-with its checksum left for offload, :func:`complete_tcp_checksum` finishes it.
+payload, and builds whole TCP frames for tests and for the RSTs the proxy
+injects (each header's layout and builder is :mod:`proxy.headers`; the
+checksum arithmetic is :mod:`proxy.checksum`).  The lab's endpoints have
+TSO/GSO and TX checksum offload off, so one frame is one real segment with a
+finished checksum; when a frame still arrives with its checksum left for
+offload, :func:`complete_tcp_checksum` finishes it.
 
 Anything that is not IP is returned with ``ip=None``; IP that is not TCP
 (or a non-first fragment) with ``tcp=None``: the forwarder passes those
@@ -20,6 +22,20 @@ import socket
 import struct
 from typing import NamedTuple
 
+from proxy.checksum import internet_checksum, pseudo_header
+from proxy.headers import (
+    ETHERNET,
+    IPPROTO_TCP,
+    IPV4,
+    IPV6,
+    TCP,
+    address_family,
+    build_ethernet,
+    build_ipv4,
+    build_ipv6,
+    build_tcp,
+)
+
 # include/uapi/linux/if_ether.h
 ETH_P_IP = 0x0800
 ETH_P_ARP = 0x0806
@@ -28,9 +44,6 @@ ETH_P_8021AD = 0x88A8
 ETH_P_IPV6 = 0x86DD
 ETH_HLEN = 14
 
-# RFC 791 / RFC 8200: protocol numbers
-IPPROTO_TCP = 6
-IPPROTO_UDP = 17
 # RFC 8200 §4: extension headers skipped on the way to the upper layer
 IPV6_HOP_BY_HOP = 0
 IPV6_ROUTING = 43
@@ -59,10 +72,6 @@ _FLAG_LETTERS = (
     (CWR, "C"),
 )
 
-_ETH = struct.Struct("!6s6sH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_TCP = struct.Struct("!HHIIBBHHH")
 _H = struct.Struct("!H")
 
 
@@ -190,7 +199,7 @@ def parse_frame(frame: bytes | bytearray | memoryview) -> Frame:
     size = len(frame)
     if size < ETH_HLEN:
         raise FrameError(f"frame of {size} bytes is shorter than an Ethernet header")
-    dst, src, ethertype = _ETH.unpack_from(frame, 0)
+    dst, src, ethertype = ETHERNET.unpack_from(frame, 0)
     offset = ETH_HLEN
     if ethertype in (ETH_P_8021Q, ETH_P_8021AD):
         if size < offset + 4:
@@ -210,7 +219,7 @@ def _parse_ipv4(
 ) -> Frame:
     if size < offset + 20:
         raise FrameError(f"IPv4 header cut short at byte {offset} ({size - offset} bytes left)")
-    vihl, _tos, total, ident, flags_frag, ttl, proto, checksum, src, dst = _IPV4.unpack_from(
+    vihl, _tos, total, ident, flags_frag, ttl, proto, checksum, src, dst = IPV4.unpack_from(
         frame, offset
     )
     if vihl >> 4 != 4:
@@ -236,7 +245,7 @@ def _parse_ipv6(
 ) -> Frame:
     if size < offset + 40:
         raise FrameError(f"IPv6 header cut short at byte {offset} ({size - offset} bytes left)")
-    vtf, payload_len, next_header, hop_limit, src, dst = _IPV6.unpack_from(frame, offset)
+    vtf, payload_len, next_header, hop_limit, src, dst = IPV6.unpack_from(frame, offset)
     if vtf >> 28 != 6:
         raise FrameError(f"IPv6 version field is {vtf >> 28} at byte {offset}")
     end = offset + 40 + payload_len
@@ -273,7 +282,7 @@ def _parse_ipv6(
 def _parse_tcp(frame: bytes | bytearray | memoryview, offset: int, end: int) -> Tcp:
     if end - offset < 20:
         raise FrameError(f"TCP header cut short at byte {offset} ({end - offset} bytes left)")
-    sport, dport, seq, ack, data_off, flags, window, checksum, urgent = _TCP.unpack_from(
+    sport, dport, seq, ack, data_off, flags, window, checksum, urgent = TCP.unpack_from(
         frame, offset
     )
     header_len = (data_off >> 4) * 4
@@ -299,26 +308,14 @@ def _parse_tcp(frame: bytes | bytearray | memoryview, offset: int, end: int) -> 
 # --- checksums ------------------------------------------------------------------
 
 
-def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
-    """RFC 1071: the ones' complement of the ones' complement sum of 16-bit words.
-
-    The sum of a number's 16-bit words is congruent to the number modulo
-    0xFFFF (2^16 ≡ 1), so one big-integer remainder does the whole sum in C."""
-    if len(data) % 2:
-        data = bytes(data) + b"\0"
-    total = int.from_bytes(data, "big") + initial
-    folded = total % 0xFFFF
-    if folded == 0 and total:
-        folded = 0xFFFF  # ones' complement "negative zero"
-    return ~folded & 0xFFFF
-
-
 def _pseudo_header(ip: IPv4 | IPv6, frame: bytes | bytearray | memoryview, length: int) -> bytes:
-    if isinstance(ip, IPv4):
-        return bytes(frame[ip.offset + 12 : ip.offset + 20]) + struct.pack(
-            "!BBH", 0, IPPROTO_TCP, length
-        )
-    return bytes(frame[ip.offset + 8 : ip.offset + 40]) + struct.pack("!I3xB", length, IPPROTO_TCP)
+    """The TCP pseudo-header, from the addresses where they sit in the IP header:
+    source then destination, 4 bytes each from byte 12 of an IPv4 header
+    (RFC 791 §3.1), 16 bytes each from byte 8 of an IPv6 one (RFC 8200 §3)."""
+    start, size = (ip.offset + 12, 4) if isinstance(ip, IPv4) else (ip.offset + 8, 16)
+    src = bytes(frame[start : start + size])
+    dst = bytes(frame[start + size : start + 2 * size])
+    return pseudo_header(src, dst, IPPROTO_TCP, length)
 
 
 def _tcp_length(ip: IPv4 | IPv6, tcp: Tcp) -> int:
@@ -370,117 +367,6 @@ def complete_tcp_checksum(frame: bytes | bytearray | memoryview) -> bytes:
 # --- building -------------------------------------------------------------------
 
 
-def _family(address: str) -> int:
-    return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-def build_tcp(
-    src: str,
-    dst: str,
-    src_port: int,
-    dst_port: int,
-    seq: int,
-    ack: int,
-    flags: int,
-    window: int = 0,
-    options: bytes = b"",
-    payload: bytes = b"",
-    urgent: int = 0,
-) -> bytes:
-    """A TCP header and payload with the right checksum for ``src``/``dst``."""
-    if len(options) % 4 or len(options) > 40:
-        raise ValueError("TCP options must be a multiple of 4 bytes, at most 40")
-    header_len = 20 + len(options)
-    header = _TCP.pack(
-        src_port,
-        dst_port,
-        seq & 0xFFFFFFFF,
-        ack & 0xFFFFFFFF,
-        (header_len // 4) << 4,
-        flags & 0xFF,
-        window,
-        0,
-        urgent,
-    )
-    segment = header + options + payload
-    family = _family(src)
-    if family == socket.AF_INET:
-        pseudo = (
-            socket.inet_pton(family, src)
-            + socket.inet_pton(family, dst)
-            + struct.pack("!BBH", 0, IPPROTO_TCP, len(segment))
-        )
-    else:
-        pseudo = (
-            socket.inet_pton(family, src)
-            + socket.inet_pton(family, dst)
-            + struct.pack("!I3xB", len(segment), IPPROTO_TCP)
-        )
-    checksum = internet_checksum(pseudo + segment)
-    return segment[:16] + _H.pack(checksum) + segment[18:]
-
-
-def build_ipv4(
-    src: str,
-    dst: str,
-    proto: int,
-    payload: bytes,
-    ttl: int = 64,
-    ident: int = 0,
-    options: bytes = b"",
-    dont_fragment: bool = True,
-) -> bytes:
-    if len(options) % 4 or len(options) > 40:
-        raise ValueError("IPv4 options must be a multiple of 4 bytes, at most 40")
-    ihl = 20 + len(options)
-    header = (
-        _IPV4.pack(
-            0x40 | ihl // 4,
-            0,
-            ihl + len(payload),
-            ident,
-            0x4000 if dont_fragment else 0,
-            ttl,
-            proto,
-            0,
-            socket.inet_aton(src),
-            socket.inet_aton(dst),
-        )
-        + options
-    )
-    checksum = internet_checksum(header)
-    return header[:10] + _H.pack(checksum) + header[12:] + payload
-
-
-def build_ipv6(
-    src: str,
-    dst: str,
-    next_header: int,
-    payload: bytes,
-    hop_limit: int = 64,
-    extensions: bytes = b"",
-) -> bytes:
-    """An IPv6 packet.  ``next_header`` goes in the fixed header; with
-    ``extensions`` (raw extension headers placed before ``payload``) it names
-    the first of them, and their own next-header fields chain onwards."""
-    return (
-        _IPV6.pack(
-            6 << 28,
-            len(extensions) + len(payload),
-            next_header,
-            hop_limit,
-            socket.inet_pton(socket.AF_INET6, src),
-            socket.inet_pton(socket.AF_INET6, dst),
-        )
-        + extensions
-        + payload
-    )
-
-
-def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
-    return _ETH.pack(dst, src, ethertype) + payload
-
-
 def build_tcp_frame(
     src_mac: bytes,
     dst_mac: bytes,
@@ -501,25 +387,10 @@ def build_tcp_frame(
     segment = build_tcp(
         src_ip, dst_ip, src_port, dst_port, seq, ack, flags, window, options, payload
     )
-    if _family(src_ip) == socket.AF_INET:
+    if address_family(src_ip) == socket.AF_INET:
         return build_ethernet(
             dst_mac, src_mac, ETH_P_IP, build_ipv4(src_ip, dst_ip, IPPROTO_TCP, segment, ttl)
         )
     return build_ethernet(
         dst_mac, src_mac, ETH_P_IPV6, build_ipv6(src_ip, dst_ip, IPPROTO_TCP, segment, ttl)
     )
-
-
-def rewrite_macs(frame: bytes | bytearray | memoryview, dst: bytes, src: bytes) -> bytes:
-    return dst + src + bytes(frame[12:])
-
-
-def mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-def parse_mac(text: str) -> bytes:
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)

@@ -8,7 +8,8 @@ scenario's expectations, think of one connection going through states.
 :func:`paths` folds the records into that: for each side and connection,
 the states in order, each with the record that entered it.
 
-Also here, once: what time zero of a run is (:func:`time_zero`).
+Also here, once: what time zero of a run is (:func:`time_zero`,
+:func:`is_time_zero`).
 """
 
 from __future__ import annotations
@@ -112,10 +113,18 @@ def listener_states(records: Iterable[Record], component: str) -> list[TcpState]
     ]
 
 
+def is_time_zero(record: Record) -> bool:
+    """Whether ``record`` is of the kind that starts a run's clock: a SYN at
+    the middlebox (the first one does).  :func:`time_zero` uses it on a
+    finished run; the live ladder, which learns time zero as records
+    arrive, asks it of each record until one answers yes."""
+    return isinstance(record, Segment) and "syn" in record.tags
+
+
 def time_zero(records: Sequence[Record]) -> float:
     """Where a run's clock starts: the first SYN at the middlebox, else the
     earliest record (a run whose SYN never reached the middlebox)."""
-    syn = [r.ts for r in records if isinstance(r, Segment) and "syn" in r.tags]
+    syn = [r.ts for r in records if is_time_zero(r)]
     if syn:
         return min(syn)
     return min((r.ts for r in records), default=0.0)

@@ -2,10 +2,10 @@
 
 The runner builds a lab, starts the server in the server namespace and the
 client in the client namespace as processes (``python -m daemons.server``,
-``python -m daemons.client``), reads their JSON event lines as they come,
-parses each into a typed record (:mod:`core.events`), and tears everything
-down on every exit path.  It never imports the daemons' internals: the event
-lines are the interface.
+``python -m daemons.client``), reads their JSON event lines as they come
+(:mod:`tcplab.daemon_io`), parses each into a typed record
+(:mod:`core.events`), and tears everything down on every exit path.  It
+never imports the daemons' internals: the event lines are the interface.
 
 Each observer is asked to read the kernel's tracepoints too
 (``--trace tcplab-<lab>-<side>``); where tracefs cannot be used it says so
@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -26,17 +25,16 @@ from typing import Any, TypeVar, cast
 
 import trio
 
-from core import events, options
-from core.events import App, DaemonReady, Record, TcpState
+from core import options
+from core.events import App, Record, TcpState
 from core.policies import ClosePolicy
-from core.proc import child_env as proc_child_env
 from core.units import format_duration
 from daemons.options import ClientOptions, ServerOptions
 from proxy.options import ProxyOptions
 from tcplab import topology
 from tcplab.causality import Placed
-from tcplab.scenario.spec import Scenario
-from tcplab.transcript import REORDER_WINDOW_S, Merger
+from tcplab.daemon_io import Daemon, Gatherer, first_of, start_daemon
+from tcplab.scenario.model import Scenario
 
 R = TypeVar("R", bound=Record)
 
@@ -184,43 +182,96 @@ def control_path(lab: topology.Lab) -> str:
     return str(topology.proxy_control_path(lab.lab_id))
 
 
-class _Proc:
-    """A daemon process and the task that reads its lines."""
-
-    def __init__(self, name: str, proc: trio.Process) -> None:
-        self.name = name
-        self.proc = proc
-        self.ready = trio.Event()
-        self.exited = trio.Event()
+READY_TIMEOUT_S = 15
+"""How long a daemon may take to say it is ready (or to exit trying)."""
 
 
-async def _read_lines(
-    stream: trio.abc.ReceiveStream,
-    on_line: Callable[[bytes], None],
-) -> None:
-    buf = bytearray()
-    async for chunk in stream:
-        buf += chunk
-        while True:
-            end = buf.find(b"\n")
-            if end < 0:
-                break
-            on_line(bytes(buf[:end]))
-            del buf[: end + 1]
-    if buf:
-        on_line(bytes(buf))
+class _Run:
+    """One run in a lab: which daemons start, in what order, and how each is
+    stopped; what they say is gathered in ``lines``."""
 
+    def __init__(
+        self,
+        lab: topology.Lab,
+        opts: RunOptions,
+        on_event: Callable[[Placed], None] | None,
+    ) -> None:
+        self.lab = lab
+        self.opts = opts
+        self.lines = Gatherer(on_event)
+        self.server: Daemon | None = None
+        self.client: Daemon | None = None
+        self.proxy: Daemon | None = None
 
-async def _first_of(*flags: trio.Event) -> None:
-    """Return when any of ``flags`` is set."""
-    async with trio.open_nursery() as nursery:
-        for flag in flags:
+    async def run(self) -> None:
+        """Proxy (when it forwards), server, client; then stop them in turn."""
+        async with trio.open_nursery() as outer:
+            outer.start_soon(self.lines.ticker)
+            forwards = self.opts.forwarding is topology.Forwarding.PROXY
+            if forwards and not await self.start_proxy(outer):
+                outer.cancel_scope.cancel()
+                return
+            async with trio.open_nursery() as nursery:
+                await self.converse(nursery)
+            if self.proxy is not None:
+                await self.stop_proxy(self.proxy)
+            outer.cancel_scope.cancel()
 
-            async def waiter(flag: trio.Event = flag) -> None:
-                await flag.wait()
-                nursery.cancel_scope.cancel()
+    async def start_proxy(self, nursery: trio.Nursery) -> bool:
+        """Start the proxy; whether it came up (rather than exiting)."""
+        argv = daemon_argv("proxy", proxy_options(self.lab, self.opts))
+        self.proxy = proxy = await start_daemon("proxy", argv, nursery, self.lines)
+        with trio.fail_after(READY_TIMEOUT_S):
+            await first_of(proxy.ready, proxy.exited)
+        return proxy.ready.is_set()
 
-            nursery.start_soon(waiter)
+    async def converse(self, nursery: trio.Nursery) -> None:
+        """The server, then the client once the server is ready; return when
+        both are done (the server stopped if it does not end by itself)."""
+        argv = daemon_argv("daemons.server", lab_server_options(self.lab, self.opts))
+        self.server = server = await start_daemon("server", argv, nursery, self.lines)
+        with trio.fail_after(READY_TIMEOUT_S):
+            await first_of(server.ready, server.exited)
+        if server.ready.is_set():
+            argv = daemon_argv("daemons.client", lab_client_options(self.lab, self.opts))
+            self.client = client = await start_daemon("client", argv, nursery, self.lines)
+            await client.exited.wait()
+            await self.stop_server(server)
+        if not server.exited.is_set():
+            server.proc.kill()
+
+    async def stop_server(self, server: Daemon) -> None:
+        # The server exits by itself once its sockets are gone or its
+        # observe-for deadline passes; give it that long, then stop it.
+        with trio.move_on_after(self.opts.observe_for + 5):
+            await server.exited.wait()
+        if not server.exited.is_set():
+            server.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(3):
+                await server.exited.wait()
+
+    async def stop_proxy(self, proxy: Daemon) -> None:
+        # the proxy logs its counters as it stops
+        proxy.proc.send_signal(signal.SIGTERM)
+        with trio.move_on_after(5):
+            await proxy.exited.wait()
+
+    def kill_all(self) -> None:
+        """Whatever is still running, on every way out."""
+        for handle in (self.client, self.server, self.proxy):
+            if handle is not None and handle.proc.returncode is None:
+                handle.proc.kill()
+
+    def result(self) -> RunResult:
+        return RunResult(
+            lab_id=self.lab.lab_id,
+            lab=self.lab,
+            records=self.lines.records,
+            client_status=self.client.proc.returncode if self.client else None,
+            server_status=self.server.proc.returncode if self.server else None,
+            proxy_status=self.proxy.proc.returncode if self.proxy else None,
+            stray=self.lines.stray,
+        )
 
 
 async def run_in_lab(
@@ -233,117 +284,17 @@ async def run_in_lab(
     ``on_event`` gets every record as it comes, in causal order: records are
     held for a short window so one from another process with an earlier
     ``ts``, or a poll that reports a cause late, can overtake."""
-    collected: list[Record] = []
-    stray: list[str] = []
-    merger = Merger()
+    run = _Run(lab, opts, on_event)
     # one forwarder in the middle, never two (every segment would arrive twice)
     topology.set_forwarding(lab, opts.forwarding)
-
-    def deliver(final: bool = False) -> None:
-        ready = merger.drain() if final else merger.pop_ready(time.time())
-        if on_event is not None:
-            for event in ready:
-                on_event(event)
-
-    async def ticker() -> None:
-        while True:
-            await trio.sleep(REORDER_WINDOW_S / 3)
-            deliver()
-
-    def make_sink(who: _Proc | None, name: str) -> Callable[[bytes], None]:
-        def sink(raw: bytes) -> None:
-            record = events.parse_record(raw)
-            if record is None:
-                text = raw.decode(errors="replace").rstrip()
-                if text:
-                    stray.append(f"{name}: {text}")
-                return
-            collected.append(record)
-            merger.push(record)
-            if who is not None and isinstance(record, DaemonReady):
-                who.ready.set()
-
-        return sink
-
-    async def start(name: str, argv: list[str], nursery: trio.Nursery) -> _Proc:
-        proc = await trio.lowlevel.open_process(
-            argv,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            env=proc_child_env(),  # the daemons die with this process
-        )
-        handle = _Proc(name, proc)
-        stdout, stderr = proc.stdout, proc.stderr
-        assert stdout is not None and stderr is not None
-
-        async def pump() -> None:
-            async with trio.open_nursery() as inner:
-                inner.start_soon(_read_lines, stdout, make_sink(handle, name))
-                inner.start_soon(_read_lines, stderr, make_sink(None, name))
-            await proc.wait()
-            handle.exited.set()
-
-        nursery.start_soon(pump)
-        return handle
-
-    server: _Proc | None = None
-    client: _Proc | None = None
-    proxy: _Proc | None = None
     deadline = trio.CancelScope(deadline=trio.current_time() + opts.deadline)
     try:
         with deadline:
-            async with trio.open_nursery() as outer:
-                outer.start_soon(ticker)
-                if opts.forwarding is topology.Forwarding.PROXY:
-                    proxy = await start(
-                        "proxy",
-                        daemon_argv("proxy", proxy_options(lab, opts)),
-                        outer,
-                    )
-                    with trio.fail_after(15):
-                        await _first_of(proxy.ready, proxy.exited)
-                    if not proxy.ready.is_set():
-                        outer.cancel_scope.cancel()
-                async with trio.open_nursery() as nursery:
-                    if proxy is not None and not proxy.ready.is_set():
-                        return _result(lab, collected, client, server, proxy, stray)
-                    server = await start(
-                        "server",
-                        daemon_argv("daemons.server", lab_server_options(lab, opts)),
-                        nursery,
-                    )
-                    with trio.fail_after(15):
-                        await _first_of(server.ready, server.exited)
-                    if server.ready.is_set():
-                        client = await start(
-                            "client",
-                            daemon_argv("daemons.client", lab_client_options(lab, opts)),
-                            nursery,
-                        )
-                        await client.exited.wait()
-                        # The server exits by itself once its sockets are gone or its
-                        # observe-for deadline passes; give it that long, then stop it.
-                        with trio.move_on_after(opts.observe_for + 5):
-                            await server.exited.wait()
-                        if not server.exited.is_set():
-                            server.proc.send_signal(signal.SIGTERM)
-                            with trio.move_on_after(3):
-                                await server.exited.wait()
-                    if not server.exited.is_set():
-                        server.proc.kill()
-                if proxy is not None:
-                    # the proxy logs its counters as it stops
-                    proxy.proc.send_signal(signal.SIGTERM)
-                    with trio.move_on_after(5):
-                        await proxy.exited.wait()
-                outer.cancel_scope.cancel()
+            await run.run()
     finally:
-        for handle in (client, server, proxy):
-            if handle is not None and handle.proc.returncode is None:
-                handle.proc.kill()
-        deliver(final=True)
-    result = _result(lab, collected, client, server, proxy, stray)
+        run.kill_all()
+        run.lines.deliver(final=True)
+    result = run.result()
     if deadline.cancelled_caught:
         result.timed_out = True
         # the daemons were killed: their exit statuses say nothing
@@ -352,25 +303,6 @@ async def run_in_lab(
             "the daemons were stopped"
         )
     return result
-
-
-def _result(
-    lab: topology.Lab,
-    collected: list[Record],
-    client: _Proc | None,
-    server: _Proc | None,
-    proxy: _Proc | None,
-    stray: list[str],
-) -> RunResult:
-    return RunResult(
-        lab_id=lab.lab_id,
-        lab=lab,
-        records=collected,
-        client_status=client.proc.returncode if client else None,
-        server_status=server.proc.returncode if server else None,
-        proxy_status=proxy.proc.returncode if proxy else None,
-        stray=stray,
-    )
 
 
 def scenario_options(sc: Scenario, *, pace: float | None = None) -> RunOptions:

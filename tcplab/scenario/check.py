@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from core import events
 from core.events import App, ObserverStop, Record, Segment
 from tcplab import connview
-from tcplab.scenario.spec import Scenario, SegmentExpect, SideExpect
+from tcplab.scenario.model import Scenario, SegmentExpect, SideExpect
 
 
 def _fmt_t(ts: float, t0: float) -> str:

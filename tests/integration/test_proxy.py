@@ -26,7 +26,7 @@ import proxy.__main__ as proxy_main
 from core import control, events, tracefs
 from core.events import ConversationDone, DaemonDone, RulesChanged, Segment, TcpState
 from proxy.options import ProxyOptions
-from tcplab import causality, connview, runner, topology
+from tcplab import causality, causes, connview, runner, topology
 from tcplab.causality import Placed
 
 DEADLINE = 60
@@ -86,7 +86,7 @@ def entered(result: runner.RunResult, side: str, state: str) -> TcpState:
 
 def caused_by(result: runner.RunResult, effect: Any, rule: str) -> Any:
     """The record that ``rule`` names as ``effect``'s cause."""
-    (link,) = [x for x in causality.links(result.records) if x.effect is effect and x.rule == rule]
+    (link,) = [x for x in causes.links(result.records) if x.effect is effect and x.rule == rule]
     return link.cause
 
 

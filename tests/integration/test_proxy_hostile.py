@@ -45,7 +45,8 @@ import pytest
 
 from core import control as protocol
 from proxy import control
-from proxy.middlebox import DROP_LOG_BURST, DROP_LOG_RATE
+from proxy.controller import MAX_RULES
+from proxy.counters import DROP_LOG_BURST, DROP_LOG_RATE
 from proxy.neighbours import MAX_NEIGHBOURS
 from proxy.options import ProxyOptions
 from tcplab import runner, topology
@@ -316,9 +317,9 @@ def hostile_control(path: str) -> None:
         for n in range(500)
     )
     answers = line_exchange(path, adds, 500)
-    assert sum(a["ok"] for a in answers) == control.MAX_RULES
-    assert all(f"{control.MAX_RULES} rules already" in a["error"] for a in answers[256:])
-    assert len(ask(path, {"op": "rules"})["rules"]) == control.MAX_RULES
+    assert sum(a["ok"] for a in answers) == MAX_RULES
+    assert all(f"{MAX_RULES} rules already" in a["error"] for a in answers[256:])
+    assert len(ask(path, {"op": "rules"})["rules"]) == MAX_RULES
     assert ask(path, {"op": "clear"}) == {"ok": True}
 
 

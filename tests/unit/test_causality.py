@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from core.events import App, Record, Segment, TcpReset, TcpRetransmit, TcpState
-from tcplab import causality, connview
+from tcplab import causality, causes, connview
 
 CONN = "192.0.2.1:40000-198.51.100.1:7007"
 
@@ -57,7 +57,7 @@ def conversation() -> list[Record]:
 
 
 def rules_of(records: list[Record]) -> set[str]:
-    return {link.rule for link in causality.links(records)}
+    return {link.rule for link in causes.links(records)}
 
 
 def test_a_textbook_run_names_its_pairs_and_breaks_none() -> None:
@@ -79,7 +79,7 @@ def test_a_textbook_run_names_its_pairs_and_breaks_none() -> None:
         "close_before_fin_state",
         "fin_state_before_fin",
     }
-    assert named <= set(causality.RULES)
+    assert named <= set(causes.RULES)
     assert causality.check(records) == []
 
 
@@ -177,7 +177,7 @@ def test_a_dropped_segment_causes_nothing_at_its_receiver() -> None:
         records[index] = dataclasses.replace(records[index], ts=ts)
     (link,) = [
         x
-        for x in causality.links(records)
+        for x in causes.links(records)
         if x.rule == "fin_before_fin_received" and x.effect.component == "server"
     ]
     assert link.cause is again

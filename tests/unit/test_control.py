@@ -23,10 +23,11 @@ from hypothesis import strategies as st
 
 from core import control as protocol
 from proxy import control, neighbours
+from proxy.controller import MAX_RULES, Controller
 from proxy.middlebox import Middlebox
 
 
-def controller() -> tuple[control.Controller, list[str | None]]:
+def controller() -> tuple[Controller, list[str | None]]:
     port = neighbours.Port("mc0", b"\x02" * 6, 1500, (ipaddress.ip_interface("192.0.2.254/24"),))
     released: list[str | None] = []
 
@@ -34,7 +35,7 @@ def controller() -> tuple[control.Controller, list[str | None]]:
         released.append(rule)
         return 3
 
-    return control.Controller(Middlebox([port]), release=release), released
+    return Controller(Middlebox([port]), release=release), released
 
 
 def test_add_list_remove() -> None:
@@ -116,11 +117,11 @@ def test_lines_longer_than_max_request_are_refused_however_they_arrive() -> None
 
 def test_the_rule_count_is_bounded() -> None:
     c, _ = controller()
-    for n in range(control.MAX_RULES):
+    for n in range(MAX_RULES):
         assert c.handle({"op": "add", "action": "drop", "rule": f"syn@{n + 1}"})["ok"]
     refused = c.handle({"op": "add", "action": "drop", "rule": "fin@1"})
     assert not refused["ok"]
-    assert f"{control.MAX_RULES} rules already" in refused["error"]
+    assert f"{MAX_RULES} rules already" in refused["error"]
     assert c.handle({"op": "rm", "name": "drop-syn@1"})["ok"]
     assert c.handle({"op": "add", "action": "drop", "rule": "fin@1"})["ok"]
     # removed rules' counts are forgotten: add/rm cycles cannot grow memory
@@ -128,7 +129,7 @@ def test_the_rule_count_is_bounded() -> None:
         c.handle({"op": "add", "table": {"action": "drop", "tag": "fin", "name": f"r{n}"}})
         c.handle({"op": "rm", "name": f"r{n}"})
     engine = c.middlebox.engine
-    assert len(engine.fired) == len(engine.matched) == control.MAX_RULES
+    assert len(engine.fired) == len(engine.matched) == MAX_RULES
 
 
 @pytest.mark.parametrize(

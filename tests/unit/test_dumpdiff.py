@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daemons.dumpdiff import DumpIndex, dump_records
-from daemons.statemachine import Key, Snapshot, SocketTracker
+from daemons.statemachine import SocketTracker
+from daemons.tracking import Key, Snapshot
 
 SERVER = ("198.51.100.1", 7007, "192.0.2.1", 40312)
 CLIENT = ("192.0.2.1", 40312, "198.51.100.1", 7007)

@@ -8,16 +8,11 @@ import pytest
 
 from core import rules as grammar
 from core.events import VERDICTS, FrameDropped, Record, Segment
-from proxy import neighbours, rules, wire
-from proxy.middlebox import (
-    DROP_LOG_BURST,
-    DROP_LOG_RATE,
-    MAX_PARKED,
-    DropLog,
-    Middlebox,
-    Output,
-    stamp_sent,
-)
+from proxy import headers, neighbour_frames, neighbours, rules, wire
+from proxy.counters import DROP_LOG_BURST, DROP_LOG_RATE, DropLog
+from proxy.lanes import MAX_PARKED
+from proxy.middlebox import Middlebox, Output
+from proxy.verdicts import stamp_sent
 
 FRONT_MAC = bytes.fromhex("02000000000a")
 BACK_MAC = bytes.fromhex("02000000000b")
@@ -182,8 +177,8 @@ def test_unknown_next_hop_is_resolved_before_sending() -> None:
     ((port, sent),) = out.frames
     request = bytes(sent)
     assert port == "ms0" and request[:6] == b"\xff" * 6  # ARP who-has
-    assert neighbours.parse_neighbour_frame(request) == ("198.51.100.254", BACK_MAC)
-    reply = wire.build_ethernet(BACK_MAC, SERVER_MAC, wire.ETH_P_ARP, request[14:])
+    assert neighbour_frames.parse_neighbour_frame(request) == ("198.51.100.254", BACK_MAC)
+    reply = headers.build_ethernet(BACK_MAC, SERVER_MAC, wire.ETH_P_ARP, request[14:])
     reply = (
         reply[:14] + reply[14:20] + b"\x00\x02" + SERVER_MAC + bytes([198, 51, 100, 1]) + reply[32:]
     )
@@ -194,11 +189,11 @@ def test_unknown_next_hop_is_resolved_before_sending() -> None:
 
 
 def test_ipv6_solicitation_and_advertisement() -> None:
-    solicit = neighbours.neighbor_solicitation(BACK_MAC, "2001:db8:2::ff", "2001:db8:2::1")
+    solicit = neighbour_frames.neighbor_solicitation(BACK_MAC, "2001:db8:2::ff", "2001:db8:2::1")
     parsed = wire.parse_frame(solicit)
     assert parsed.eth.dst == bytes.fromhex("3333ff000001")
     assert isinstance(parsed.ip, wire.IPv6) and parsed.ip.dst == "ff02::1:ff00:1"
-    assert neighbours.parse_neighbour_frame(solicit) == ("2001:db8:2::ff", BACK_MAC)
+    assert neighbour_frames.parse_neighbour_frame(solicit) == ("2001:db8:2::ff", BACK_MAC)
 
 
 def test_checksum_left_for_offload_is_completed() -> None:
@@ -215,8 +210,11 @@ def test_checksum_left_for_offload_is_completed() -> None:
 
 def test_frames_for_the_middlebox_itself_and_garbage() -> None:
     mb = box()
-    ping = wire.build_ethernet(
-        FRONT_MAC, CLIENT_MAC, wire.ETH_P_IP, wire.build_ipv4(CLIENT, "192.0.2.254", 1, b"\0" * 8)
+    ping = headers.build_ethernet(
+        FRONT_MAC,
+        CLIENT_MAC,
+        wire.ETH_P_IP,
+        headers.build_ipv4(CLIENT, "192.0.2.254", 1, b"\0" * 8),
     )
     assert receive(mb, "mc0", ping, 0.0).frames == []
     garbage = FRONT_MAC + CLIENT_MAC + b"\x08\x00" + b"\x45\x00\xff\xff"

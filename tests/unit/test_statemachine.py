@@ -1,21 +1,13 @@
-"""Snapshots → state-change events, and what may be inferred between polls."""
+"""Trace transitions and snapshots, merged → state-change events, with what may be
+inferred between polls."""
 
 from __future__ import annotations
 
 import pytest
 
 from core.events import TcpState
-from daemons.statemachine import (
-    MAX_POLL_INTERVAL,
-    Snapshot,
-    SocketTracker,
-    TraceTransition,
-    candidate_paths,
-    implied_states,
-    may_hand_over,
-    merge_dump,
-    poll_interval,
-)
+from daemons.statemachine import SocketTracker
+from daemons.tracking import Snapshot, TraceTransition
 
 CLIENT = ("192.0.2.1", 40312, "198.51.100.1", 7007)
 SERVER = ("198.51.100.1", 7007, "192.0.2.1", 40312)
@@ -149,25 +141,6 @@ def test_connection_ids_are_client_first_on_both_sides() -> None:
     assert a.conn == b.conn == "192.0.2.1:40312-198.51.100.1:7007"
 
 
-@pytest.mark.parametrize(
-    ("old", "new", "facts", "expected"),
-    [
-        ("SYN_SENT", "ESTABLISHED", set(), [[]]),
-        ("ESTABLISHED", "LAST_ACK", set(), [["CLOSE_WAIT"]]),
-        ("FIN_WAIT1", "CLOSED", {"snd_fin"}, [[]]),
-        ("FIN_WAIT2", "CLOSED", {"snd_fin"}, [[]]),
-    ],
-)
-def test_candidate_paths(old: str, new: str, facts: set, expected: list[list[str]]) -> None:
-    paths = candidate_paths(old, new, facts=frozenset(facts), vouched=False)
-    assert [p[1:-1] for p in paths] == expected
-
-
-def test_implied_states_keeps_only_agreement() -> None:
-    assert implied_states([["A", "B", "C", "D"], ["A", "B", "X", "D"]]) == ["B", None]
-    assert implied_states([]) == []
-
-
 def test_unknown_fact_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown fact"):
         SocketTracker().note(CLIENT, "maybe")  # type: ignore[arg-type]
@@ -178,13 +151,6 @@ def test_a_polled_change_happened_between_the_dump_before_and_this_one() -> None
     t.update({CLIENT: Snapshot(CLIENT, "ESTABLISHED")}, 1.0)
     (change,) = t.update({CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}, 2.0, seen_after=1.0)
     assert (change.ts, change.seen_after, change.earliest) == (2.0, 1.0, 1.0)
-
-
-def test_merge_dump_keeps_the_later_state_of_a_handover() -> None:
-    full = Snapshot(CLIENT, "FIN_WAIT2")
-    tw = Snapshot(CLIENT, "TIME_WAIT", "timewait", 60000)
-    assert merge_dump([full, tw]) == {CLIENT: tw}
-    assert merge_dump([tw, full]) == {CLIENT: tw}
 
 
 # --- with the tracepoint ---------------------------------------------------------
@@ -428,31 +394,6 @@ def test_a_dump_by_its_differences_says_what_the_whole_dump_says() -> None:
         assert a == b
         previous = dict(dump)
     assert whole.live == parts.live == {}
-
-
-@pytest.mark.parametrize(
-    ("old", "may"),
-    [
-        ("FIN_WAIT2", True),
-        ("CLOSING", True),
-        ("FIN_WAIT1", True),
-        ("LAST_ACK", False),
-        ("ESTABLISHED", False),
-        ("CLOSE_WAIT", False),
-        ("SYN_RECV", False),
-        ("SYN_SENT", False),
-        ("LISTEN", False),
-    ],
-)
-def test_only_a_closing_active_side_may_hand_over_to_a_minisock(old: str, may: bool) -> None:
-    assert may_hand_over(old) is may
-
-
-def test_polls_back_off_when_they_get_dear() -> None:
-    assert poll_interval(0.005, 0.0001) == 0.005  # a lab's handful of sockets
-    assert poll_interval(0.005, 0.004) == pytest.approx(0.04)  # thousands
-    assert poll_interval(0.005, 0.5) == MAX_POLL_INTERVAL  # never slower than this
-    assert poll_interval(1.0, 0.5) == 1.0  # nor faster than asked
 
 
 def test_a_slow_dump_revives_none_of_thousands_closed_while_it_ran() -> None:

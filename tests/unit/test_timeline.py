@@ -11,7 +11,7 @@ import pytest
 
 from core import events
 from core.events import Record, Segment, TcpState
-from tcplab import causality, timeline
+from tcplab import causality, causes, timeline
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "timeline"
 RUNS = ("lost-last-ack", "lost-last-ack-polled")
@@ -46,7 +46,7 @@ def test_text_fits_100_columns_and_marks_the_drop(name: str) -> None:
 def test_no_effect_is_drawn_before_its_cause(name: str) -> None:
     records = recorded(name)
     order = {id(p.record): i for i, p in enumerate(causality.order(records))}
-    links = causality.links(records)
+    links = causes.links(records)
     assert len(links) > 10
     for link in links:
         assert order[id(link.cause)] < order[id(link.effect)], link.rule

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import wire
+from proxy import checksum, headers, wire
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "wire"
 MAC_A = bytes.fromhex("020000000001")
@@ -150,9 +150,11 @@ def test_build_parse_round_trip(
 
 
 def test_ipv4_options_and_padding() -> None:
-    segment = wire.build_tcp("192.0.2.1", "198.51.100.1", 1, 2, 3, 4, wire.ACK, payload=b"hi")
-    packet = wire.build_ipv4("192.0.2.1", "198.51.100.1", 6, segment, options=b"\x01\x01\x01\x00")
-    frame = wire.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IP, packet) + b"\0" * 10  # padding
+    segment = headers.build_tcp("192.0.2.1", "198.51.100.1", 1, 2, 3, 4, wire.ACK, payload=b"hi")
+    packet = headers.build_ipv4(
+        "192.0.2.1", "198.51.100.1", 6, segment, options=b"\x01\x01\x01\x00"
+    )
+    frame = headers.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IP, packet) + b"\0" * 10  # padding
     parsed = wire.parse_frame(frame)
     assert isinstance(parsed.ip, wire.IPv4) and parsed.ip.header_len == 24
     assert parsed.tcp is not None and parsed.tcp.payload_len == 2
@@ -160,19 +162,19 @@ def test_ipv4_options_and_padding() -> None:
 
 
 def test_ipv6_extension_headers_are_skipped() -> None:
-    segment = wire.build_tcp("2001:db8:1::1", "2001:db8:2::1", 1, 2, 3, 4, wire.SYN)
+    segment = headers.build_tcp("2001:db8:1::1", "2001:db8:2::1", 1, 2, 3, 4, wire.SYN)
     hop_by_hop = bytes([wire.IPV6_DEST_OPTS, 0]) + b"\x01\x04\0\0\0\0"  # PadN
-    dest_opts = bytes([wire.IPPROTO_TCP, 0]) + b"\x01\x04\0\0\0\0"
-    packet = wire.build_ipv6(
+    dest_opts = bytes([headers.IPPROTO_TCP, 0]) + b"\x01\x04\0\0\0\0"
+    packet = headers.build_ipv6(
         "2001:db8:1::1",
         "2001:db8:2::1",
         wire.IPV6_HOP_BY_HOP,
         segment,
         extensions=hop_by_hop + dest_opts,
     )
-    parsed = wire.parse_frame(wire.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IPV6, packet))
+    parsed = wire.parse_frame(headers.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IPV6, packet))
     assert isinstance(parsed.ip, wire.IPv6)
-    assert parsed.ip.next_header == wire.IPPROTO_TCP and parsed.ip.l4_offset == 14 + 40 + 16
+    assert parsed.ip.next_header == headers.IPPROTO_TCP and parsed.ip.l4_offset == 14 + 40 + 16
     assert parsed.tcp is not None and parsed.tcp.flags == wire.SYN
 
 
@@ -185,10 +187,10 @@ def test_vlan_tag() -> None:
 
 
 def test_non_tcp_passes_through() -> None:
-    arp = wire.build_ethernet(b"\xff" * 6, MAC_A, wire.ETH_P_ARP, b"\0" * 28)
+    arp = headers.build_ethernet(b"\xff" * 6, MAC_A, wire.ETH_P_ARP, b"\0" * 28)
     assert wire.parse_frame(arp).ip is None
-    udp = wire.build_ipv4("192.0.2.1", "198.51.100.1", wire.IPPROTO_UDP, b"\0" * 8)
-    parsed = wire.parse_frame(wire.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IP, udp))
+    udp = headers.build_ipv4("192.0.2.1", "198.51.100.1", headers.IPPROTO_UDP, b"\0" * 8)
+    parsed = wire.parse_frame(headers.build_ethernet(MAC_B, MAC_A, wire.ETH_P_IP, udp))
     assert parsed.ip is not None and parsed.tcp is None
 
 
@@ -230,4 +232,4 @@ def test_random_truncated_and_mutated_frames_raise_only_frame_error() -> None:
 
 def test_checksum_matches_rfc1071_example() -> None:
     # RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2 (checksum 220d)
-    assert wire.internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    assert checksum.internet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
