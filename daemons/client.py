@@ -184,18 +184,7 @@ class Client:
                             "recv", "MISMATCH", f"sent {line!r}, got back {echo!r}"
                         )
                 if policy == "shutdown":
-                    started = time.time()
-                    sock.shutdown(socket.SHUT_WR)
-                    emit(
-                        log,
-                        App(
-                            kind=events.APP_SHUTDOWN,
-                            ts=started,
-                            returned_ts=time.time(),
-                            conn=conn,
-                            how="write",
-                        ),
-                    )
+                    common.shutdown_logged(sock, log, conn)
                     self.observer.note(key, "snd_fin")
                     while await self._read_line(sock, reader, log, key, conn) is not None:
                         pass
@@ -262,20 +251,7 @@ class Client:
             sock.close()
             return
         close = closing.client_close(self.args.close)
-        if close.abort:
-            common.set_abortive_close(sock)
-        started = time.time()
-        sock.close()
-        emit(
-            log,
-            App(
-                kind=events.APP_CLOSE,
-                ts=started,
-                returned_ts=time.time(),
-                conn=conn,
-                how=close.how,
-            ),
-        )
+        common.close_logged(sock, log, conn, close.how, abort=close.abort)
         self.observer.note(key, *close.facts)
 
 

@@ -142,6 +142,51 @@ async def send_logged(
     )
 
 
+def close_logged(
+    sock: Any,
+    log: Any,
+    conn: str | None,
+    how: str,
+    *,
+    abort: bool = False,
+    detail: str | None = None,
+) -> None:
+    """close() the socket (abortively: SO_LINGER 0, so an RST), logged as
+    ``app_close`` with the time before and after the call."""
+    if abort:
+        set_abortive_close(sock)
+    started = time.time()
+    sock.close()
+    emit(
+        log,
+        App(
+            kind=events.APP_CLOSE,
+            ts=started,
+            returned_ts=time.time(),
+            conn=conn,
+            how=how,
+            detail=detail,
+        ),
+    )
+
+
+def shutdown_logged(sock: Any, log: Any, conn: str | None) -> None:
+    """shutdown(SHUT_WR): our FIN, and reading goes on; logged as
+    ``app_shutdown`` with the time before and after the call."""
+    started = time.time()
+    sock.shutdown(socket.SHUT_WR)
+    emit(
+        log,
+        App(
+            kind=events.APP_SHUTDOWN,
+            ts=started,
+            returned_ts=time.time(),
+            conn=conn,
+            how="write",
+        ),
+    )
+
+
 def app_error(log: Any, conn: str | None, op: str, how: str, detail: str) -> None:
     """Log an ``app_error``: operation ``op`` failed with ``how`` (an errno name)."""
     emit(log, App(kind=events.APP_ERROR, ts=time.time(), conn=conn, op=op, how=how, detail=detail))
@@ -197,19 +242,10 @@ async def lifecycle(
                 await observe_until_quiet(observer, grace)
             closing = list(kept())
             for sock, key in closing:
-                started = time.time()
-                sock.close()
-                emit(
-                    log,
-                    App(
-                        kind=events.APP_CLOSE,
-                        ts=started,
-                        returned_ts=time.time(),
-                        conn=_conn_of(observer, key),
-                        how="exit",
-                        detail="closed as the program exits",
-                    ),
-                )
+                close_logged(
+                    sock, log, _conn_of(observer, key), "exit",
+                    detail="closed as the program exits",
+                )  # fmt: skip
             if closing and observer is not None:
                 with trio.move_on_after(SETTLE_S):
                     await observer.until_gone(key for _sock, key in closing)

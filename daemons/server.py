@@ -265,18 +265,7 @@ class Server:
 
     def _shutdown(self, sock: socket.socket, key: common.Key, log: Any, conn: str) -> None:
         """Shut down writing: our FIN, and we go on reading."""
-        started = time.time()
-        sock.shutdown(socket.SHUT_WR)
-        emit(
-            log,
-            App(
-                kind=events.APP_SHUTDOWN,
-                ts=started,
-                returned_ts=time.time(),
-                conn=conn,
-                how="write",
-            ),
-        )
+        common.shutdown_logged(sock, log, conn)
         self._note(key, "snd_fin")
 
     def _close(
@@ -285,20 +274,7 @@ class Server:
         """Close (abortively under ``abort``); after a reset the kernel has
         closed the connection already, and close() sends nothing."""
         close = closing.server_close(self.policy, reset=reset)
-        if close.abort:
-            common.set_abortive_close(sock)
-        started = time.time()
-        sock.close()
-        emit(
-            log,
-            App(
-                kind=events.APP_CLOSE,
-                ts=started,
-                returned_ts=time.time(),
-                conn=conn,
-                how=close.how,
-            ),
-        )
+        common.close_logged(sock, log, conn, close.how, abort=close.abort)
         self._note(key, *close.facts)
 
 

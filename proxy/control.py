@@ -230,7 +230,7 @@ async def _session(stream: trio.SocketStream, controller: Controller) -> None:
             was_idle = not reader.pending
             lines = reader.feed(data)
             for line in lines:
-                if not await _send(stream, controller.handle_line(line)):
+                if not await _send(stream, controller.handle_line(line, time.time())):
                     return
             if reader.overflow:
                 stats["too_long"] += 1

@@ -1,15 +1,7 @@
 """The control requests, applied to the middlebox's rule engine (pure).
 
 What the control socket (:mod:`proxy.control`) is for: one JSON request in,
-one answer out.  Requests::
-
-    {"op": "rules"}                                  rules, counters, held segments
-    {"op": "add", "action": "drop", "rule": "syn-ack@1"}     the CLI form
-    {"op": "add", "table": {"action": "delay", "tag": "fin", "delay": "2s"}}
-    {"op": "rm", "name": "drop-syn-ack@1"}
-    {"op": "release"}            or {"op": "release", "rule": "hold-fin@1"}
-    {"op": "clear"}                                  remove every rule
-    {"op": "pace", "value": "250ms"}                 or null to stop pacing
+one answer out (the requests are listed in :mod:`core.control`).
 
 Every answer has ``"ok"``; a refused request has ``"error"`` saying why
 (a field of the wrong type or an unknown field is named).
@@ -20,13 +12,12 @@ is capped too, each cap with a clear error: a string field is at most
 numbers, and the engine holds at most :data:`MAX_RULES` rules.
 
 :class:`Controller` never raises for bad input, whatever the bytes; no
-sockets, no trio.  The wall clock that stamps the events it logs is its
-``clock`` argument (:func:`time.time` unless given).
+sockets, no trio, no clock: the time a request arrived is passed in
+with it, and stamps what it logs.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -93,14 +84,13 @@ class Controller:
         changed: Callable[[], None] = lambda: None,
         log: Any = None,
         max_rules: int = MAX_RULES,
-        clock: Callable[[], float] = time.time,
     ) -> None:
         self.middlebox = middlebox
         self._release = release
         self._changed = changed
         self.log = log
-        self._clock = clock
-        """The wall clock, for the timestamps of logged events."""
+        self._now = 0.0
+        """When the request being handled arrived (the ``ts`` of what it logs)."""
         self.max_rules = max_rules
         self.stats: dict[str, int] = dict.fromkeys(
             (
@@ -117,18 +107,20 @@ class Controller:
         )
         """What the control socket turned away (shown by ``rules``)."""
 
-    def handle_line(self, line: bytes) -> dict[str, Any]:
-        """One request line (without its newline) → its answer.  Never
-        raises, whatever the bytes."""
+    def handle_line(self, line: bytes, now: float) -> dict[str, Any]:
+        """One request line (without its newline), received at ``now``
+        (wall clock) → its answer.  Never raises, whatever the bytes."""
         request, error = parse_request(line)
         if error is not None:
             self.stats["requests"] += 1
             self.stats["refused"] += 1
             return {"ok": False, "error": error}
-        return self.handle(request)
+        return self.handle(request, now)
 
-    def handle(self, request: Any) -> dict[str, Any]:
-        """One request → one response; never raises for bad input."""
+    def handle(self, request: Any, now: float) -> dict[str, Any]:
+        """One request, received at ``now`` (wall clock) → one response;
+        never raises for bad input."""
+        self._now = now
         self.stats["requests"] += 1
         try:
             op = self._check(request)
@@ -247,7 +239,7 @@ class Controller:
     def _note(self, op: str, **fields: Any) -> None:
         self._changed()
         if self.log is not None:
-            emit(self.log, RulesChanged(ts=self._clock(), op=op, **fields))
+            emit(self.log, RulesChanged(ts=self._now, op=op, **fields))
 
 
 def _check_strings(op: str, field: str, value: Any) -> None:

@@ -2,14 +2,8 @@
 
 The grammar (what a rule says, and parsing it) is :mod:`core.rules`.
 
-A rule names segments by role and says what happens to them::
-
-    drop    syn-ack@1            the first SYN-ACK of every connection
-    delay   client:fin@1=2s      the client's first FIN, by 2 s
-    hold    server:fin@1         the server's first FIN, until released
-    duplicate data@2             the second data segment, sent twice
-    reset   data@1#2             the first data segment of connection 2:
-                                 dropped, and an in-window RST sent to both ends
+A rule (``drop syn-ack@1``, ``delay client:fin@1=2s``…) names segments by
+role and says what happens to them.
 
 Matching and counting
 ---------------------

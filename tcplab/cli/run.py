@@ -8,12 +8,16 @@ import dataclasses
 import os
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import events
 from core.units import format_duration
 from proxy.options import ProxyOptions
 from tcplab import causality, connview, topology
+
+if TYPE_CHECKING:
+    from tcplab.runner import RunResult
+
 from tcplab.cli.common import (
     EXIT_USAGE,
     faults_of,
@@ -23,6 +27,21 @@ from tcplab.cli.common import (
     sysctl_map,
     value_of,
 )
+
+
+def _run(opts: Any, show: Any, spec: topology.LabSpec | None = None) -> RunResult | int:
+    """The run, or the exit status when it could not happen (Ctrl-C: 130;
+    a lab that could not be built: 1, saying why)."""
+    from tcplab import runner
+
+    try:
+        return runner.run(opts, on_event=show, spec=spec)
+    except KeyboardInterrupt:
+        print("\ninterrupted; the lab was torn down", file=sys.stderr)
+        return 130
+    except topology.TopologyError as exc:
+        print(f"tcplab run: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -70,14 +89,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{opts.count} connection(s); times are relative to the first event",
             file=out,
         )
-    try:
-        result = runner.run(opts, on_event=show)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the lab was torn down", file=sys.stderr)
-        return 130
-    except topology.TopologyError as exc:
-        print(f"tcplab run: {exc}", file=sys.stderr)
-        return 1
+    result = _run(opts, show)
+    if isinstance(result, int):
+        return result
     for line in result.stray:
         print(f"  ! {line}", file=sys.stderr)
     violations = causality.check(result.records)
@@ -164,7 +178,7 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
 
 
 def cmd_run_scenario(args: argparse.Namespace) -> int:
-    from tcplab import runner, scenario, timeline
+    from tcplab import scenario, timeline
 
     sc = load_scenario(args.scenario, "run")
     sc, opts, spec = scenario_run(args, sc)
@@ -184,14 +198,9 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
                 out.write(line + "\n")
         out.flush()
 
-    try:
-        result = runner.run(opts, on_event=show, spec=spec)
-    except KeyboardInterrupt:
-        print("\ninterrupted; the lab was torn down", file=sys.stderr)
-        return 130
-    except topology.TopologyError as exc:
-        print(f"tcplab run: {exc}", file=sys.stderr)
-        return 1
+    result = _run(opts, show, spec)
+    if isinstance(result, int):
+        return result
     if not args.json:
         for line in ladder.flush():
             print(line, file=out)

@@ -26,6 +26,9 @@ from proxy import control, neighbours
 from proxy.controller import MAX_RULES, Controller
 from proxy.middlebox import Middlebox
 
+T0 = 1_700_000_000.0
+"""The wall-clock time the requests are handled at."""
+
 
 def controller() -> tuple[Controller, list[str | None]]:
     port = neighbours.Port("mc0", b"\x02" * 6, 1500, (ipaddress.ip_interface("192.0.2.254/24"),))
@@ -40,37 +43,37 @@ def controller() -> tuple[Controller, list[str | None]]:
 
 def test_add_list_remove() -> None:
     c, _ = controller()
-    assert c.handle({"op": "add", "action": "drop", "rule": "syn-ack@1"}) == {
+    assert c.handle({"op": "add", "action": "drop", "rule": "syn-ack@1"}, now=T0) == {
         "ok": True,
         "name": "drop-syn-ack@1",
     }
     table = {"action": "delay", "tag": "fin", "delay": "2s", "name": "slow-fin"}
-    assert c.handle({"op": "add", "table": table})["name"] == "slow-fin"
-    status = c.handle({"op": "rules"})
+    assert c.handle({"op": "add", "table": table}, now=T0)["name"] == "slow-fin"
+    status = c.handle({"op": "rules"}, now=T0)
     assert [r["rule"] for r in status["rules"]] == ["syn-ack@1", "fin=2s"]
     assert status["counters"]["frames_in"] == 0
-    assert c.handle({"op": "rm", "name": "slow-fin"}) == {"ok": True, "name": "slow-fin"}
-    assert c.handle({"op": "clear"}) == {"ok": True}
-    assert c.handle({"op": "rules"})["rules"] == []
+    assert c.handle({"op": "rm", "name": "slow-fin"}, now=T0) == {"ok": True, "name": "slow-fin"}
+    assert c.handle({"op": "clear"}, now=T0) == {"ok": True}
+    assert c.handle({"op": "rules"}, now=T0)["rules"] == []
 
 
 def test_release_and_pace() -> None:
     c, released = controller()
-    assert c.handle({"op": "release", "rule": "hold-fin@1"}) == {"ok": True, "released": 3}
+    assert c.handle({"op": "release", "rule": "hold-fin@1"}, now=T0) == {"ok": True, "released": 3}
     assert released == ["hold-fin@1"]
-    assert c.handle({"op": "pace", "value": "250ms"}) == {"ok": True, "pace": "250ms"}
-    assert c.handle({"op": "pace", "value": None}) == {"ok": True, "pace": None}
+    assert c.handle({"op": "pace", "value": "250ms"}, now=T0) == {"ok": True, "pace": "250ms"}
+    assert c.handle({"op": "pace", "value": None}, now=T0) == {"ok": True, "pace": None}
 
 
 def test_bad_requests_get_reasons() -> None:
     c, _ = controller()
-    assert "JSON object" in c.handle([1, 2])["error"]
-    assert "unknown op 'explode'" in c.handle({"op": "explode"})["error"]
-    bad = c.handle({"op": "add", "action": "drop", "rule": "synack@1"})
+    assert "JSON object" in c.handle([1, 2], now=T0)["error"]
+    assert "unknown op 'explode'" in c.handle({"op": "explode"}, now=T0)["error"]
+    bad = c.handle({"op": "add", "action": "drop", "rule": "synack@1"}, now=T0)
     assert not bad["ok"] and "did you mean 'syn-ack'" in bad["error"]
-    assert "no rule named 'x'" in c.handle({"op": "rm", "name": "x"})["error"]
-    assert "'name'" in c.handle({"op": "rm"})["error"]
-    assert "bad duration" in c.handle({"op": "pace", "value": "fast"})["error"]
+    assert "no rule named 'x'" in c.handle({"op": "rm", "name": "x"}, now=T0)["error"]
+    assert "'name'" in c.handle({"op": "rm"}, now=T0)["error"]
+    assert "bad duration" in c.handle({"op": "pace", "value": "fast"}, now=T0)["error"]
 
 
 # --- limits: nothing a client sends stops the proxy ---------------------------------
@@ -78,24 +81,27 @@ def test_bad_requests_get_reasons() -> None:
 
 def test_deep_json_is_refused_before_the_parser_sees_it() -> None:
     c, _ = controller()
-    answer = c.handle_line(b"[" * 60_000)
+    answer = c.handle_line(b"[" * 60_000, now=T0)
     assert answer == {
         "ok": False,
         "error": f"request nested too deeply (at most {protocol.MAX_DEPTH} levels of [ and {{)",
     }
     closed = b"[" * 30_000 + b"]" * 30_000
-    assert "nested too deeply" in c.handle_line(closed)["error"]
+    assert "nested too deeply" in c.handle_line(closed, now=T0)["error"]
     # brackets inside strings do not count; the deepest real request passes
     table = {"op": "add", "table": {"action": "drop", "tag": "fin", "nth": [1, 2]}}
     table["table"]["name"] = "[[[[[[[[[[[[[[[[[[[["
-    assert c.handle_line(json.dumps(table).encode())["ok"]
+    assert c.handle_line(json.dumps(table).encode(), now=T0)["ok"]
     assert protocol.nesting_depth(b'{"a": "[\\"[[[[[[[[[[", "b": [[{}]]}') == 4
 
 
 def test_a_recursion_error_in_the_parser_is_an_answer_too(monkeypatch: pytest.MonkeyPatch) -> None:
     c, _ = controller()
     monkeypatch.setattr(protocol, "MAX_DEPTH", 10**9)  # as if the scan missed it
-    assert c.handle_line(b"[" * 60_000) == {"ok": False, "error": "request nested too deeply"}
+    assert c.handle_line(b"[" * 60_000, now=T0) == {
+        "ok": False,
+        "error": "request nested too deeply",
+    }
 
 
 def test_lines_longer_than_max_request_are_refused_however_they_arrive() -> None:
@@ -112,22 +118,22 @@ def test_lines_longer_than_max_request_are_refused_however_they_arrive() -> None
     assert reader.feed(b"a\nb") == [b"a"] and reader.pending == 1
     assert reader.feed(b"c\n\n") == [b"bc", b""] and reader.pending == 0
     c, _ = controller()
-    assert "too long" in c.handle_line(b" " * (protocol.MAX_REQUEST + 1))["error"]
+    assert "too long" in c.handle_line(b" " * (protocol.MAX_REQUEST + 1), now=T0)["error"]
 
 
 def test_the_rule_count_is_bounded() -> None:
     c, _ = controller()
     for n in range(MAX_RULES):
-        assert c.handle({"op": "add", "action": "drop", "rule": f"syn@{n + 1}"})["ok"]
-    refused = c.handle({"op": "add", "action": "drop", "rule": "fin@1"})
+        assert c.handle({"op": "add", "action": "drop", "rule": f"syn@{n + 1}"}, now=T0)["ok"]
+    refused = c.handle({"op": "add", "action": "drop", "rule": "fin@1"}, now=T0)
     assert not refused["ok"]
     assert f"{MAX_RULES} rules already" in refused["error"]
-    assert c.handle({"op": "rm", "name": "drop-syn@1"})["ok"]
-    assert c.handle({"op": "add", "action": "drop", "rule": "fin@1"})["ok"]
+    assert c.handle({"op": "rm", "name": "drop-syn@1"}, now=T0)["ok"]
+    assert c.handle({"op": "add", "action": "drop", "rule": "fin@1"}, now=T0)["ok"]
     # removed rules' counts are forgotten: add/rm cycles cannot grow memory
     for n in range(1000):
-        c.handle({"op": "add", "table": {"action": "drop", "tag": "fin", "name": f"r{n}"}})
-        c.handle({"op": "rm", "name": f"r{n}"})
+        c.handle({"op": "add", "table": {"action": "drop", "tag": "fin", "name": f"r{n}"}}, now=T0)
+        c.handle({"op": "rm", "name": f"r{n}"}, now=T0)
     engine = c.middlebox.engine
     assert len(engine.fired) == len(engine.matched) == MAX_RULES
 
@@ -161,7 +167,7 @@ def test_wrong_types_anywhere_are_answered_with_the_field_named(
     request_: dict[str, Any], names: str
 ) -> None:
     c, _ = controller()
-    answer = c.handle(request_)
+    answer = c.handle(request_, now=T0)
     assert answer["ok"] is False and names in answer["error"], answer
     assert c.middlebox.engine.rules == []
 
@@ -200,7 +206,7 @@ def assert_answer(answer: Any) -> None:
 @given(requests)
 def test_handle_never_raises(request_: Any) -> None:
     c, _ = controller()
-    assert_answer(c.handle(request_))
+    assert_answer(c.handle(request_, now=T0))
 
 
 @settings(max_examples=200, deadline=None)
@@ -208,8 +214,8 @@ def test_handle_never_raises(request_: Any) -> None:
 def test_any_bytes_in_an_answer_out(line: bytes) -> None:
     c, _ = controller()
     for piece in protocol.LineBuffer().feed(line + b"\n"):
-        assert_answer(c.handle_line(piece))
-    assert_answer(c.handle_line(line))
+        assert_answer(c.handle_line(piece, now=T0))
+    assert_answer(c.handle_line(line, now=T0))
 
 
 @settings(max_examples=200, deadline=None)
