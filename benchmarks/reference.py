@@ -5,13 +5,14 @@ observers against: a private ftrace instance recording every
 from __future__ import annotations
 
 import collections
-import secrets
+import os
 import sys
 from typing import NamedTuple
 
 from core import tracefs
 from core.events import conn_id, endpoint, state_name
 from core.tracebuf import TraceEvent
+from core.tracefs import TRACE_PREFIX
 from tcplab import runner, topology
 
 
@@ -60,7 +61,9 @@ async def one_run(
 ) -> tuple[runner.RunResult, list[TraceEvent], int]:
     """Run ``opts`` in a new lab while a private instance records; the
     result, the kernel's events, and the mono → wall offset (ns)."""
-    name = f"tcplab-bench-{secrets.token_hex(3)}"
+    # named for this process, so that `tcplab clean` run meanwhile (by any
+    # tcplab command) keeps it while we live
+    name = f"{TRACE_PREFIX}bench-{os.getpid()}"
     with tracefs.Instance.create(
         name, events=("sock/inet_sock_set_state",), filters={}, buffer_kb=16384
     ) as reference:

@@ -223,14 +223,16 @@ def clean(everything: bool = False) -> CleanReport:
             if record is None or not owner_alive(record) or everything:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-    # ftrace instances of labs that are gone, and of `tcplab watch` processes
-    # that were killed
+    # ftrace instances of labs that are gone (tcplab-<lab>-<side>), and of
+    # processes that were killed: an instance named tcplab-<kind>-<pid>[-…]
+    # (`tcplab watch`, a benchmark's or a test's reference) is its process's,
+    # kept while that process lives, whatever else runs `tcplab` meanwhile
     live = set(lab_namespaces())
     for name in tracefs.instance_names(TRACE_PREFIX):
         owner = name[len(TRACE_PREFIX) :]
-        if owner.startswith("watch-"):
-            pid = owner.removeprefix("watch-")
-            if pid.isdigit() and alive(int(pid)) and not everything:
+        pid = owner.partition("-")[2].partition("-")[0]
+        if pid.isdigit():  # tcplab-<kind>-<pid>[-…]: a process's own
+            if alive(int(pid)) and not everything:
                 continue
         elif owner.rpartition("-")[0] in live:
             continue

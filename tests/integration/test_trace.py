@@ -11,6 +11,7 @@ instance says so and polls.
 from __future__ import annotations
 
 import collections
+import os
 import secrets
 
 import pytest
@@ -49,7 +50,7 @@ def _wall(mono_ns: int, offset: float) -> float:
 
 
 async def _reference_run(opts: runner.RunOptions) -> tuple[runner.RunResult, list[TraceEvent]]:
-    name = f"tcplab-test-ref-{secrets.token_hex(3)}"
+    name = f"tcplab-test-{os.getpid()}-ref-{secrets.token_hex(3)}"
     with tracefs.Instance.create(
         name, events=("sock/inet_sock_set_state",), filters={}, buffer_kb=4096
     ) as reference:

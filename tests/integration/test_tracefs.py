@@ -10,6 +10,7 @@ trace instance go away even when a test fails.
 
 from __future__ import annotations
 
+import os
 import secrets
 import select
 import socket
@@ -22,6 +23,7 @@ import trio
 
 from core import netns, tracebuf, tracefs
 from core.tracebuf import TraceEvent
+from tcplab import topology
 
 REASON = tracefs.unavailable_reason()
 pytestmark = pytest.mark.skipif(REASON is not None, reason=f"no kernel tracing: {REASON}")
@@ -53,7 +55,7 @@ def instance(namespace: tuple[str, str]) -> Iterator[tracefs.Instance]:
     # the kernel compares a __u8[4] field with a number as a little-endian u32
     literal = tracebuf.ipv4_filter_literal(address)
     made = tracefs.Instance.create(
-        f"tcplab-test-{secrets.token_hex(4)}",
+        f"tcplab-test-{os.getpid()}-{secrets.token_hex(4)}",
         events=[SET_STATE],
         filters={SET_STATE: f"saddr == {literal} || daddr == {literal}"},
     )
@@ -175,7 +177,7 @@ def test_bad_names_and_filters_leave_nothing() -> None:
         tracefs.Instance.create("tcplab-test-x", events=["inet_sock_set_state"])
     with pytest.raises(ValueError, match="not enabled"):
         tracefs.Instance.create("tcplab-test-x", events=[], filters={SET_STATE: "sport == 1"})
-    name = f"tcplab-test-{secrets.token_hex(4)}"
+    name = f"tcplab-test-{os.getpid()}-{secrets.token_hex(4)}"
     with pytest.raises(tracefs.TracefsError):
         tracefs.Instance.create(name, events=[SET_STATE], filters={SET_STATE: "nosuch == 1"})
     base = tracefs.root()
@@ -184,7 +186,9 @@ def test_bad_names_and_filters_leave_nothing() -> None:
 
 
 def test_close_and_remove_are_idempotent() -> None:
-    with tracefs.Instance.create(f"tcplab-test-{secrets.token_hex(4)}", events=()) as made:
+    with tracefs.Instance.create(
+        f"tcplab-test-{os.getpid()}-{secrets.token_hex(4)}", events=()
+    ) as made:
         assert made.fds and len(made.fds) == len(made.cpu_fds)
         assert made.read_size == made.layout.page_size
         made.close()
@@ -198,7 +202,7 @@ def test_close_and_remove_are_idempotent() -> None:
 
 
 def test_remove_instances_by_prefix() -> None:
-    prefix = f"tcplab-test-{secrets.token_hex(4)}-"
+    prefix = f"tcplab-test-{os.getpid()}-{secrets.token_hex(4)}-"
     left = [tracefs.Instance.create(prefix + tag, events=[SET_STATE]) for tag in ("a", "b")]
     for made in left:
         made.close()  # a killed process leaves the directory, not its descriptors
@@ -207,3 +211,27 @@ def test_remove_instances_by_prefix() -> None:
     assert tracefs.remove_instances(prefix) == []
     with pytest.raises(ValueError):
         tracefs.remove_instances("")
+
+
+def test_clean_keeps_a_live_processs_instance_and_removes_a_dead_ones() -> None:
+    """Every `tcplab` command removes what killed runs left; an instance
+    named for a process (tcplab-<kind>-<pid>-…) is kept while it lives,
+    however many commands run meanwhile, and removed once it is gone."""
+    gone_pid = subprocess.Popen(["true"])  # a pid that has just exited
+    gone_pid.wait()
+    mine = tracefs.Instance.create(f"tcplab-test-{os.getpid()}-{secrets.token_hex(3)}", events=())
+    theirs = tracefs.Instance.create(
+        f"tcplab-test-{gone_pid.pid}-{secrets.token_hex(3)}", events=()
+    )
+    # without open descriptors, as while an instance is being made (the
+    # kernel refuses to remove one whose pipes are open)
+    mine.close()
+    theirs.close()  # a killed process leaves the directory, not its descriptors
+    try:
+        report = topology.clean()
+        assert mine.path.exists()
+        assert not theirs.path.exists()
+        assert any(f"ftrace {theirs.name}" in what for what in report.removed.values())
+    finally:
+        tracefs.remove_instances(mine.name)
+        tracefs.remove_instances(theirs.name)
