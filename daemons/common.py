@@ -9,7 +9,7 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from daemons.observer import Observer
 
 Key = tuple[str, int, str, int]
+T = TypeVar("T")
 
 
 def setup(component: str, args: Any) -> Any:
@@ -142,6 +143,16 @@ async def send_logged(
     )
 
 
+def call_logged(log: Any, kind: str, call: Callable[[], T], **fields: Any) -> T:
+    """``call()`` (a socket call that does not block), logged as an ``app_*``
+    record of ``kind`` stamped before the call, with ``returned_ts`` after
+    it and ``fields`` (conn, how, …)."""
+    started = time.time()
+    result = call()
+    emit(log, App(kind=kind, ts=started, returned_ts=time.time(), **fields))
+    return result
+
+
 def close_logged(
     sock: Any,
     log: Any,
@@ -155,35 +166,14 @@ def close_logged(
     ``app_close`` with the time before and after the call."""
     if abort:
         set_abortive_close(sock)
-    started = time.time()
-    sock.close()
-    emit(
-        log,
-        App(
-            kind=events.APP_CLOSE,
-            ts=started,
-            returned_ts=time.time(),
-            conn=conn,
-            how=how,
-            detail=detail,
-        ),
-    )
+    call_logged(log, events.APP_CLOSE, sock.close, conn=conn, how=how, detail=detail)
 
 
 def shutdown_logged(sock: Any, log: Any, conn: str | None) -> None:
     """shutdown(SHUT_WR): our FIN, and reading goes on; logged as
     ``app_shutdown`` with the time before and after the call."""
-    started = time.time()
-    sock.shutdown(socket.SHUT_WR)
-    emit(
-        log,
-        App(
-            kind=events.APP_SHUTDOWN,
-            ts=started,
-            returned_ts=time.time(),
-            conn=conn,
-            how="write",
-        ),
+    call_logged(
+        log, events.APP_SHUTDOWN, lambda: sock.shutdown(socket.SHUT_WR), conn=conn, how="write"
     )
 
 

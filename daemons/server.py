@@ -103,34 +103,20 @@ class Server:
             )
             raise SystemExit(1) from None
         backlog = self.args.backlog or common.default_backlog()
-        started = time.time()
-        listener.listen(backlog)
-        emit(
+        common.call_logged(
             self.log,
-            App(
-                kind=events.APP_LISTEN,
-                ts=started,
-                returned_ts=time.time(),
-                local=local,
-                backlog=backlog,
-            ),
+            events.APP_LISTEN,
+            lambda: listener.listen(backlog),
+            local=local,
+            backlog=backlog,
         )
         task_status.started()
         async with trio.open_nursery() as nursery:
             try:
                 await self._accept_all(listener, backlog, nursery)
             finally:
-                started = time.time()
-                listener.close()
-                emit(
-                    self.log,
-                    App(
-                        kind=events.APP_CLOSE,
-                        ts=started,
-                        returned_ts=time.time(),
-                        local=local,
-                        how="listener",
-                    ),
+                common.call_logged(
+                    self.log, events.APP_CLOSE, listener.close, local=local, how="listener"
                 )
         self.done.set()
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
-from core.events import CLOSED, SockKind, TcpState, endpoint
+from core.events import CLOSED, SockKind, StateSource, TcpState, endpoint
 from daemons.inference import Known, implied
 
 Key = tuple[str, int, str, int]
@@ -223,13 +223,10 @@ class Tracked:
         middle = implied(
             old, new, self.role, frozenset(self.facts), frozenset(self.history), vouched
         )
-        local = self.local
         out: list[TcpState] = []
         in_old = None if self.since is None else round((now - self.since) * 1000, 3)
-        prev = old
-        for state in middle:
-            if state is None:
-                continue  # not implied: the jump from prev is reported as seen
+
+        def step(prev: str, state: str, source: StateSource, **extra: Any) -> None:
             out.append(
                 TcpState(
                     ts=now,
@@ -237,34 +234,32 @@ class Tracked:
                     conn=self.conn,
                     old=prev,
                     new=state,
-                    source="inferred",
+                    source=source,
                     in_old_ms=in_old if prev == old else None,
-                    local=local,
+                    local=self.local,
                     sock=self.sock,
+                    **extra,
                 )
             )
             self.history.add(prev)
+
+        prev = old
+        for state in middle:
+            if state is None:
+                continue  # not implied: the jump from prev is reported as seen
+            step(prev, state, "inferred")
             prev = state
-        timer, expires, retrans = "off", None, 0
-        if snap is not None:
-            timer, expires, retrans = snap.timer, snap.expires_ms, snap.retrans
-        out.append(
-            TcpState(
-                ts=now,
-                seen_after=seen_after,
-                conn=self.conn,
-                old=prev,
-                new=new,
-                source="poll",
-                in_old_ms=in_old if prev == old else None,
-                timer=timer,
-                expires_ms=expires,
-                retrans=retrans,
-                local=local,
-                sock=self.sock,
+        if snap is None:
+            step(prev, new, "poll", timer="off", expires_ms=None, retrans=0)
+        else:
+            step(
+                prev,
+                new,
+                "poll",
+                timer=snap.timer,
+                expires_ms=snap.expires_ms,
+                retrans=snap.retrans,
             )
-        )
-        self.history.add(prev)
         self.state = new
         self.since = now
         return out
