@@ -10,7 +10,7 @@ from core import rules as grammar
 from core.events import VERDICTS, FrameDropped, Record, Segment
 from proxy import headers, neighbour_frames, neighbours, rules, wire
 from proxy.counters import DROP_LOG_BURST, DROP_LOG_RATE, DropLog
-from proxy.lanes import MAX_PARKED
+from proxy.lanes import MAX_PARKED, ExpressLane
 from proxy.middlebox import Middlebox, Output
 from proxy.verdicts import stamp_sent
 
@@ -289,13 +289,20 @@ def test_unresolved_next_hop_drop_is_dated_by_the_tick_wall_clock() -> None:
     assert record.ts == WALL + 1000 + now  # the tick's wall clock, not an arrival
 
 
-def test_parked_express_segment_keeps_its_own_arrival() -> None:
+def express_lane_and_its_fin() -> tuple[Middlebox, ExpressLane, bytes]:
+    """A middlebox whose established connection went to the express lane
+    (added at 0.01), and the client's FIN that takes it back."""
     mb = mirrored_box(log_segments="control")
     established(mb)
     ack = from_client(wire.ACK, 101, 501, gateway=SERVER_MAC)
     (lane,) = receive(mb, "mc0", ack, 0.0).express_add
     mb.express_done(lane, "add", 0.01)
     fin = from_client(wire.FIN | wire.ACK, 101, 501, gateway=SERVER_MAC)
+    return mb, lane, fin
+
+
+def test_parked_express_segment_keeps_its_own_arrival() -> None:
+    mb, lane, fin = express_lane_and_its_fin()
     assert receive(mb, "mc0", fin, 0.02, arrival=WALL + 0.02).records == []
     done = mb.express_done(lane, "remove", 0.5)
     (seg,) = segments(done)
@@ -595,12 +602,7 @@ def test_frames_refused_a_place_in_the_resolution_queue_are_counted() -> None:
 
 
 def test_an_express_lane_parks_a_bounded_number_of_frames() -> None:
-    mb = mirrored_box(log_segments="control")
-    established(mb)
-    ack = from_client(wire.ACK, 101, 501, gateway=SERVER_MAC)
-    (lane,) = receive(mb, "mc0", ack, 0.0).express_add
-    mb.express_done(lane, "add", 0.01)
-    fin = from_client(wire.FIN | wire.ACK, 101, 501, gateway=SERVER_MAC)
+    mb, lane, fin = express_lane_and_its_fin()
     for _ in range(MAX_PARKED + 50):
         receive(mb, "mc0", fin, 0.02)
     assert len(lane.parked) == MAX_PARKED
