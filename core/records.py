@@ -146,6 +146,13 @@ class TcpState(Record):
     """With ``handed_to``: the minisock's state right after (TIME_WAIT, or
     FIN_WAIT2 for an orphan still waiting for the peer's FIN): the state the
     connection went to at this moment."""
+    handed_seen: float | None = None
+    """With ``handed_to``, when the minisock was looked up and found in a
+    state other than the full socket's last (TIME_WAIT after FIN_WAIT2).  The
+    lookup follows the tracepoint, late under load: an orphan handed over in
+    FIN_WAIT2 (at the ACK of its FIN) may have met the peer's FIN by then.
+    The connection was in ``handed_state`` by this time, not necessarily at
+    ``ts``."""
 
     @property
     def shown_new(self) -> str:

@@ -157,6 +157,11 @@ class Tracked:
                 sock="full",
                 handed_to=minisock.kind if minisock is not None else None,
                 handed_state=folded(minisock.state) if minisock is not None else None,
+                handed_seen=(
+                    looked_up
+                    if minisock is not None and folded(minisock.state) != event.old
+                    else None
+                ),
             )
         ]
         self.owner = "trace"

@@ -81,9 +81,14 @@ def earliest(record: Record) -> float:
 
 
 def latest(record: Record) -> float:
-    """The latest time the fact can have happened."""
+    """The latest time the fact can have happened.  A hand-over whose
+    minisock was found in a later state than the full socket's last
+    (``handed_seen``) reached that state by the lookup, not at the
+    tracepoint: the orphan's FIN_WAIT2 minisock may have met the FIN between."""
     if isinstance(record, App) and record.returned_ts is not None:
         return record.returned_ts
+    if isinstance(record, TcpState) and record.handed_seen is not None:
+        return max(record.ts, record.handed_seen)
     return record.ts
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from core import netns
 from tcplab import topology
 
 
@@ -20,7 +21,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.netns)
 
 
-def _descends_from_us(pid: int) -> bool:
+def descends_from_us(pid: int) -> bool:
     me = os.getpid()
     for _ in range(64):
         if pid == me:
@@ -45,11 +46,18 @@ def ours(lab_id: str) -> bool:
     pid = record.get("owner_pid")
     if not isinstance(pid, int) or not topology.owner_alive(record):
         return True
-    return _descends_from_us(pid)
+    return descends_from_us(pid)
 
 
 def lab_leftovers() -> set[str]:
-    return {n for lab_id, names in topology.lab_namespaces().items() if ours(lab_id) for n in names}
+    """This session's lab namespaces that exist now.  A lab torn down by
+    another program between the listing and the look at its record (its
+    namespaces go first, then its record) would look ownerless: so each
+    namespace is checked again after its record was read."""
+    found = {
+        n for lab_id, names in topology.lab_namespaces().items() if ours(lab_id) for n in names
+    }
+    return {n for n in found if netns.exists(n)}
 
 
 @pytest.fixture(autouse=True)

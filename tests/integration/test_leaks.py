@@ -23,7 +23,7 @@ import pytest
 
 from core import tracefs
 from tcplab import topology
-from tests.integration.conftest import lab_leftovers, ours
+from tests.integration.conftest import descends_from_us, lab_leftovers, ours
 
 TCPLAB = [sys.executable, "-m", "tcplab.entry"]
 RUNS = 20
@@ -51,16 +51,29 @@ def run_files() -> set[str]:
     `tcplab verify` running alongside)."""
     if not topology.RECORD_DIR.is_dir():
         return set()
-    return {
-        p.name
+    found = {
+        p
         for p in topology.RECORD_DIR.iterdir()
         if not p.name.startswith(".") and ours(p.name.split(".")[0])
     }
+    # a lab torn down meanwhile by its owner (elsewhere) looked ownerless
+    return {p.name for p in found if p.exists()}
 
 
 def our_traces() -> set[str]:
-    names = tracefs.instance_names(topology.TRACE_PREFIX)
-    return {n for n in names if ours(n.removeprefix(topology.TRACE_PREFIX).rpartition("-")[0])}
+    """ftrace instances this test answers for: its labs' (tcplab-<lab>-<side>)
+    and those of its own processes (tcplab-<kind>-<pid>-…) or of dead ones."""
+
+    def mine(name: str) -> bool:
+        owner = name.removeprefix(topology.TRACE_PREFIX)
+        pid = owner.partition("-")[2].partition("-")[0]
+        if pid.isdigit():
+            return descends_from_us(int(pid)) or not Path(f"/proc/{pid}").exists()
+        return ours(owner.rpartition("-")[0])
+
+    found = {n for n in tracefs.instance_names(topology.TRACE_PREFIX) if mine(n)}
+    # one removed meanwhile by its owner (elsewhere) looked ownerless
+    return found & set(tracefs.instance_names(topology.TRACE_PREFIX))
 
 
 @pytest.mark.slow

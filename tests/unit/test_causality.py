@@ -197,3 +197,18 @@ def test_connection_paths_fold_the_kernels_objects() -> None:
     entered = paths["client"].entered("TIME_WAIT")
     assert entered is not None and entered.ts == 6.4  # the hand-over's own time
     assert connview.time_zero(conversation()) == 2.0
+
+
+def test_a_hand_over_found_in_time_wait_by_a_late_lookup_may_precede_the_fin() -> None:
+    """An orphan's FIN_WAIT2 goes to a minisock at the ACK of its FIN; the
+    lookup that follows the tracepoint, late under load, finds TIME_WAIT:
+    the peer's FIN came in between.  That is no violation — the record says
+    when TIME_WAIT was seen (``handed_seen``) — but the same record claiming
+    TIME_WAIT at the tracepoint itself is one."""
+    handed = {"handed_to": "timewait", "handed_state": "TIME_WAIT", "sock": "full"}
+    fin = seg(10.005, "s2c", "FA", tags=("fin",))
+    late = st(10.0, "client", "FIN_WAIT2", "CLOSED", handed_seen=10.030, **handed)
+    claimed = st(10.0, "client", "FIN_WAIT2", "CLOSED", **handed)
+    assert not [v for v in causality.check([fin, late]) if v.link.effect is late]
+    (violation,) = [v for v in causality.check([fin, claimed]) if v.link.effect is claimed]
+    assert violation.link.rule == "fin_before_fin_received"

@@ -101,6 +101,8 @@ def test_a_hand_over_to_time_wait_is_reported_from_the_lookup() -> None:
         "timewait",
     )
     assert (moved.ts, moved.seen_after, moved.expires_ms) == (3.001, 3.0, 60000)
+    # TIME_WAIT is known from the lookup, by its time: not at the tracepoint's
+    assert closed.handed_seen == 3.001
     # sock_diag speaks for the minisock from now on, which began at the hand-over
     assert (t.owner, t.sock, t.state, t.since, t.last) == ("poll", "timewait", "TIME_WAIT", 3.0, tw)
 
@@ -109,7 +111,11 @@ def test_an_orphans_fin_wait2_moving_to_a_minisock_is_no_change() -> None:
     t = tracked(CLIENT, "FIN_WAIT2", "active", since=2.0)
     orphan = Snapshot(CLIENT, "FIN_WAIT2", "timewait", 30000)
     (closed,) = t.on_trace(tr("FIN_WAIT2", "CLOSED", 3.0), orphan, 3.001)
-    assert (closed.handed_to, closed.handed_state) == ("timewait", "FIN_WAIT2")
+    assert (closed.handed_to, closed.handed_state, closed.handed_seen) == (
+        "timewait",
+        "FIN_WAIT2",
+        None,
+    )
     assert (t.state, t.since, t.sock, t.owner) == ("FIN_WAIT2", 2.0, "timewait", "poll")
 
 
