@@ -108,7 +108,7 @@ def _check_delay(text: str, where: str) -> float:
     except ValueError as exc:
         raise RuleError(f"{where}: {exc}") from None
     if value > MAX_DELAY:
-        raise RuleError(f"{where}: delay {text} is longer than {MAX_DELAY:g}s")
+        raise RuleError(f"{where}: {text} is longer than {MAX_DELAY:g}s")
     return value
 
 
@@ -222,10 +222,5 @@ def parse_table(table: Mapping[str, Any], where: str) -> Rule:
 
 
 def parse_pace(text: str) -> float:
-    try:
-        value = parse_duration(text)
-    except ValueError as exc:
-        raise RuleError(f"--pace {text}: {exc}") from None
-    if value > MAX_DELAY:
-        raise RuleError(f"--pace {text}: longer than {MAX_DELAY:g}s")
-    return value
+    """``--pace 250ms``: the same bounds as a delay's."""
+    return _check_delay(text, f"--pace {text}")

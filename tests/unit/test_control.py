@@ -260,6 +260,18 @@ async def clients(path: Path) -> AsyncIterator[list[trio.SocketStream]]:
             stream.socket.close()  # synchronous: also when the test was cancelled
 
 
+@asynccontextmanager
+async def serving(
+    path: Path,
+) -> AsyncIterator[tuple[Controller, trio.Nursery, list[trio.SocketStream]]]:
+    """A controller served on ``path`` for the block; the nursery it runs
+    in (cancel it to stop), and the client connections opened, closed after."""
+    c, _ = controller()
+    async with trio.open_nursery() as nursery, clients(path) as opened:
+        await nursery.start(control.serve, path, c)
+        yield c, nursery, opened
+
+
 async def connect(path: Path, opened: list[trio.SocketStream]) -> trio.SocketStream:
     stream = await trio.open_unix_socket(str(path))
     opened.append(stream)
@@ -323,9 +335,7 @@ async def test_half_a_line_then_silence_is_answered_and_closed(
     sock_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(control, "LINE_DEADLINE", 0.3)
-    c, _ = controller()
-    async with trio.open_nursery() as nursery, clients(sock_path) as opened:
-        await nursery.start(control.serve, sock_path, c)
+    async with serving(sock_path) as (c, nursery, opened):
         with trio.fail_after(5):
             s = await connect(sock_path, opened)
             await s.send_all(b'{"op": "ru')
@@ -363,9 +373,7 @@ async def test_half_a_line_then_silence_is_answered_and_closed(
 async def test_hostile_lines_get_clean_errors_and_the_socket_still_answers(
     sock_path: Path,
 ) -> None:
-    c, _ = controller()
-    async with trio.open_nursery() as nursery, clients(sock_path) as opened:
-        await nursery.start(control.serve, sock_path, c)
+    async with serving(sock_path) as (_c, nursery, opened):
         with trio.fail_after(10):
             s = await connect(sock_path, opened)
             await s.send_all(b"[" * 60_000 + b"\n")
@@ -397,9 +405,7 @@ async def test_accept_out_of_descriptors_backs_off_and_goes_on(
         return await real_accept(self)
 
     monkeypatch.setattr(trio.SocketListener, "accept", accept)
-    c, _ = controller()
-    async with trio.open_nursery() as nursery, clients(sock_path) as opened:
-        await nursery.start(control.serve, sock_path, c)
+    async with serving(sock_path) as (_c, nursery, opened):
         with trio.fail_after(5):
             s = await connect(sock_path, opened)
             await s.send_all(b'{"op": "rules"}\n')
