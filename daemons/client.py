@@ -281,13 +281,7 @@ async def amain(args: ClientOptions, log: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = common.setup("client", args)
-    try:
-        return trio.run(amain, args, log)
-    except KeyboardInterrupt:
-        emit(log, DaemonDone(ts=time.time(), status="interrupted"))
-        return 130
+    return common.run_main("client", parse_args(argv), amain)
 
 
 if __name__ == "__main__":

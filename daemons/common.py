@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import trio
 
 from core import events, logs, netns, proc
-from core.events import App, emit
+from core.events import App, DaemonDone, emit
 
 if TYPE_CHECKING:
     from daemons.observer import Observer
@@ -44,6 +44,18 @@ def setup(component: str, args: Any) -> Any:
 DEFAULT_BACKLOG = 4096
 """The listen backlog when ``net.core.somaxconn`` cannot be read (Linux's
 own default since 5.4)."""
+
+
+def run_main(component: str, args: Any, amain: Callable[[Any, Any], Awaitable[int]]) -> int:
+    """A daemon's ``main``: set up (:func:`setup`), run ``amain(args, log)``
+    under trio; Ctrl-C before trio handles it is logged as ``daemon_done``
+    with status ``interrupted`` (exit status 130)."""
+    log = setup(component, args)
+    try:
+        return trio.run(amain, args, log)
+    except KeyboardInterrupt:
+        emit(log, DaemonDone(ts=time.time(), status="interrupted"))
+        return 130
 
 
 def default_backlog() -> int:

@@ -317,14 +317,8 @@ async def amain(args: ServerOptions, log: Any) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    log = common.setup("server", args)
     common.raise_nofile()
-    try:
-        return trio.run(amain, args, log)
-    except KeyboardInterrupt:
-        emit(log, DaemonDone(ts=time.time(), status="interrupted"))
-        return 130
+    return common.run_main("server", parse_args(argv), amain)
 
 
 if __name__ == "__main__":
