@@ -45,6 +45,13 @@ MAX_CLOSED = 65536
 ``SocketTracker._closed_at``)."""
 
 
+BIRTHS = frozenset(
+    {("CLOSED", "SYN_SENT"), ("CLOSED", "LISTEN"), ("LISTEN", "SYN_RECV"), ("CLOSED", "SYN_RECV")}
+)
+"""The transitions a socket is born with (connect, listen, a listener's
+child): the first a tracked socket may be heard of from the tracepoint."""
+
+
 class SocketTracker:
     """Turns trace transitions and sock_diag snapshots into :class:`TcpState`
     records, one per transition, each with the time of its fact.
@@ -166,8 +173,15 @@ class SocketTracker:
         self, event: TraceTransition, successor: Snapshot | None, looked_up: float | None
     ) -> list[TcpState]:
         key = event.key
-        self._connects.seen(key)
         tracked = self._socks.get(key)
+        if tracked is None and (event.old, event.new) not in BIRTHS:
+            # A socket neither dumped nor born under the trace: not this
+            # namespace's (tracepoints carry none).  A lab's slot, and with
+            # it its addresses, is reused once its namespaces are removed,
+            # but the kernel closes a removed namespace's sockets later
+            # (cleanup_net, a workqueue): those closes must not be reported.
+            return []
+        self._connects.seen(key)
         if tracked is None:
             tracked = self._new(key, event.old if event.old != "LISTEN" else CLOSED)
             if tracked.role is None:  # a listener

@@ -69,6 +69,7 @@ from tcplab.topology.model import (
 )
 from tcplab.topology.ownership import (
     RECORD_DIR,
+    RUN_TAG_ENV,
     CleanReport,
     clean,
     destroy,
@@ -84,7 +85,8 @@ from tcplab.topology.ownership import (
 from tcplab.topology.processes import kill_all_in, pids_in
 
 __all__ = [
-    "ADDR", "BACK_IF", "CLIENT_IF", "FRONT_IF", "MAX_SLOT", "PREFIX", "RECORD_DIR", "SERVER_IF",
+    "ADDR", "BACK_IF", "CLIENT_IF", "FRONT_IF", "MAX_SLOT", "PREFIX", "RECORD_DIR", "RUN_TAG_ENV",
+    "SERVER_IF",
     "SIDES", "TRACE_PREFIX", "Addressing", "CleanReport", "Forwarding", "Lab", "LabSpec", "Side",
     "TopologyError", "clean", "create", "destroy", "exec_in", "find_lab", "kill_all_in", "lab",
     "lab_namespaces", "new_lab_id", "offloads_off", "owner_alive", "pids_in",

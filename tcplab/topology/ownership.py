@@ -63,6 +63,12 @@ def _record_path(lab_id: str) -> Path:
     return RECORD_DIR / f"{lab_id}.json"
 
 
+RUN_TAG_ENV = "TCPLAB_RUN_TAG"
+"""A label a process gives the labs it and its children make (kept in
+their records as ``tag``): a test session uses it to tell its own labs —
+those of runs it killed included — from another program's."""
+
+
 def write_record(lab: Lab, persistent: bool, extra: Mapping[str, Any] | None = None) -> None:
     RECORD_DIR.mkdir(parents=True, exist_ok=True)
     pid = os.getpid()
@@ -75,6 +81,7 @@ def write_record(lab: Lab, persistent: bool, extra: Mapping[str, Any] | None = N
         "owner_start": _proc_start(pid),
         "persistent": persistent,
         "created": time.time(),
+        "tag": os.environ.get(RUN_TAG_ENV),
         **(extra or {}),
     }
     tmp = _record_path(lab.lab_id).with_suffix(".tmp")

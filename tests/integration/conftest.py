@@ -5,6 +5,7 @@ no namespace, record or process behind."""
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,17 +37,24 @@ def descends_from_us(pid: int) -> bool:
     return False
 
 
+SESSION_TAG = f"pytest-{os.getpid()}-{secrets.token_hex(3)}"
+"""Every lab this session's processes make carries it in its record."""
+os.environ[topology.RUN_TAG_ENV] = SESSION_TAG
+
+
 def ours(lab_id: str) -> bool:
     """A lab this test session is answerable for: made by this process or a
-    child of it, or left without a living owner.  Labs of another program
-    running at the same time (a `tcplab verify` alongside) are not."""
+    child of it (its record carries the session's tag — also when its owner
+    was killed), or with no record at all.  Labs of another program running
+    at the same time (a `tcplab verify`, another test session, the runs that
+    session kills on purpose) are not."""
     record = topology.read_record(lab_id)
     if record is None:
         return True
     pid = record.get("owner_pid")
-    if not isinstance(pid, int) or not topology.owner_alive(record):
-        return True
-    return descends_from_us(pid)
+    if isinstance(pid, int) and topology.owner_alive(record):
+        return descends_from_us(pid)
+    return record.get("tag") in (SESSION_TAG, None)
 
 
 def lab_leftovers() -> set[str]:

@@ -52,9 +52,10 @@ def test_teardown_also_when_the_body_raises() -> None:
 
 def test_addresses_and_offloads(lab: topology.Lab) -> None:
     out = ns_run(lab.ns("cli"), "ip", "-br", "addr", "show", "cli0").stdout
-    assert "192.0.2.1/24" in out and "2001:db8:1::1/64" in out
+    a = lab.addr  # the lab's slot: .1 when it is the only one
+    assert f"{a.client4}/24" in out and f"{a.client6}/64" in out
     out = ns_run(lab.ns("srv"), "ip", "-br", "addr", "show", "srv0").stdout
-    assert "198.51.100.1/24" in out and "2001:db8:2::1/64" in out
+    assert f"{a.server4}/24" in out and f"{a.server6}/64" in out
     route = ns_run(lab.ns("cli"), "ip", "route", "show", "default").stdout
     assert "via 192.0.2.254" in route
     assert topology.read_sysctl(lab.ns("mbx"), "net.ipv4.ip_forward") == "1"
@@ -83,10 +84,10 @@ def _udp_hops(lab: topology.Lab, target: str) -> int:
         return int.from_bytes(value[:4], "little")
 
 
-@pytest.mark.parametrize("target", ["198.51.100.1", "2001:db8:2::1"])
-def test_client_reaches_server_through_the_middle(lab: topology.Lab, target: str) -> None:
+@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
+def test_client_reaches_server_through_the_middle(lab: topology.Lab, ipv6: bool) -> None:
     # one router hop: the middle namespace forwarded it (64 → 63)
-    assert _udp_hops(lab, target) == 63
+    assert _udp_hops(lab, lab.addr.server(ipv6)) == 63
 
 
 @pytest.mark.parametrize("target", ["203.0.113.7", "2001:db8:ffff::7", "127.0.0.53"])
@@ -153,12 +154,12 @@ async def test_tcp_through_the_middle(lab: topology.Lab) -> None:
     with netns.inside(lab.ns("cli")):
         client = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     with listener, client:
-        await listener.bind(("198.51.100.1", 7007))
+        await listener.bind((lab.addr.server4, 7007))
         listener.listen()
         with trio.fail_after(5):
-            await client.connect(("198.51.100.1", 7007))
+            await client.connect((lab.addr.server4, 7007))
             conn, peer = await listener.accept()
             with conn:
-                assert peer[0] == "192.0.2.1"
+                assert peer[0] == lab.addr.client4
                 await client.send(b"ping")
                 assert await conn.recv(10) == b"ping"

@@ -268,8 +268,34 @@ def test_handover_to_a_timewait_minisock() -> None:
     assert (end.old, end.new, end.source, end.in_old_ms) == ("TIME_WAIT", "CLOSED", "poll", 60100.0)
 
 
+BORN_AND_CLOSING = [
+    ("CLOSED", "SYN_SENT", 0.5),
+    ("SYN_SENT", "ESTABLISHED", 0.6),
+    ("ESTABLISHED", "FIN_WAIT1", 1.0),
+]
+"""A client socket's life under the trace up to its close()."""
+
+
+def test_a_socket_first_heard_of_mid_life_is_not_this_namespaces() -> None:
+    """Tracepoints carry no namespace: a socket of a removed namespace that
+    had these addresses (a reused lab slot) is closed by the kernel later.
+    Neither dumped nor born under the trace, it is not reported."""
+    t = SocketTracker(traced=True)
+    assert t.trace(tr(CLIENT, "ESTABLISHED", "CLOSED", 1.0)) == []
+    assert t.trace(tr(CLIENT, "FIN_WAIT1", "FIN_WAIT2", 1.1)) == []
+    assert t.live == {}
+    # a socket the dumps know, or one born under the trace, is reported
+    t.update({SERVER: Snapshot(SERVER, "ESTABLISHED")}, 2.0)
+    (closed,) = t.trace(tr(SERVER, "ESTABLISHED", "CLOSED", 2.5))
+    assert (closed.old, closed.new, closed.source) == ("ESTABLISHED", "CLOSED", "trace")
+    (born,) = t.trace(tr(CLIENT, "CLOSED", "SYN_SENT", 3.0))
+    assert (born.old, born.new) == ("CLOSED", "SYN_SENT")
+
+
 def test_an_orphans_fin_wait2_moves_into_a_minisock_without_a_change() -> None:
     t = SocketTracker(traced=True)
+    for old, new, ts in BORN_AND_CLOSING:
+        t.trace(tr(CLIENT, old, new, ts))
     t.trace(tr(CLIENT, "FIN_WAIT1", "FIN_WAIT2", 2.0))
     fw2 = Snapshot(CLIENT, "FIN_WAIT2", "timewait", 59000)
     (full,) = t.trace(tr(CLIENT, "FIN_WAIT2", "CLOSED", 2.0001), successor=fw2, looked_up=2.0002)
@@ -313,7 +339,8 @@ def test_a_request_socket_that_never_completes() -> None:
 
 def test_a_dump_begun_before_the_trace_closed_a_socket_does_not_revive_it() -> None:
     t = SocketTracker(traced=True)
-    t.trace(tr(CLIENT, "ESTABLISHED", "FIN_WAIT1", 1.0))
+    for old, new, ts in BORN_AND_CLOSING:
+        t.trace(tr(CLIENT, old, new, ts))
     t.trace(tr(CLIENT, "FIN_WAIT1", "CLOSED", 1.5))  # a reset
     stale = {CLIENT: Snapshot(CLIENT, "FIN_WAIT1")}
     assert t.update(stale, 1.6, 1.0, started=1.4) == []
