@@ -35,8 +35,6 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterable
 
-MAX_EXPRESS = 64
-"""Connections in the express lane at once (filters are per connection)."""
 MIRROR_PRIO = 65000
 """The catch-all mirror's priority: after every express filter."""
 FIRST_SLOT_PRIO = 100

@@ -90,10 +90,6 @@ def seq_lt(a: int, b: int) -> bool:
     return 0 < (b - a) % SEQ_MOD < SEQ_MOD // 2
 
 
-def seq_le(a: int, b: int) -> bool:
-    return a == b or seq_lt(a, b)
-
-
 class _Side:
     """What one direction has sent."""
 

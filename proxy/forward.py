@@ -42,6 +42,7 @@ import trio
 
 from core.events import Record, emit
 from proxy import express
+from proxy.lanes import MAX_EXPRESS
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
 from proxy.verdicts import stamp_sent
@@ -199,7 +200,7 @@ class Forwarder:
         # most one add and one remove per lane are ever in flight
         self._lane_ops, self._lane_inbox = trio.open_memory_channel[
             tuple[Literal["add", "remove"], Any]
-        ](4 * express.MAX_EXPRESS)
+        ](4 * MAX_EXPRESS)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:

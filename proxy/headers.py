@@ -134,18 +134,3 @@ def build_ipv6(
 
 def build_ethernet(dst: bytes, src: bytes, ethertype: int, payload: bytes) -> bytes:
     return ETHERNET.pack(dst, src, ethertype) + payload
-
-
-def rewrite_macs(frame: bytes | bytearray | memoryview, dst: bytes, src: bytes) -> bytes:
-    return dst + src + bytes(frame[12:])
-
-
-def mac_text(mac: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in mac)
-
-
-def parse_mac(text: str) -> bytes:
-    parts = text.split(":")
-    if len(parts) != 6 or not all(len(p) == 2 for p in parts):
-        raise ValueError(f"not a MAC address: {text!r}")
-    return bytes(int(p, 16) for p in parts)
