@@ -36,6 +36,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 _KEY = "tcplab.option"
+_UNSET: Any = object()
+"""argparse's default for a value option: not given, the field keeps its own."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -147,7 +149,9 @@ def add_arguments(
         if meta.repeat:
             parser.add_argument(meta.flag, action="append", default=None, **kwargs)
         else:
-            parser.add_argument(meta.flag, default=f.default, **kwargs)
+            # not the field's default: argparse would parse a string default
+            # as if it were given ("" is no namespace name)
+            parser.add_argument(meta.flag, default=_UNSET, **kwargs)
 
 
 def from_namespace(
@@ -161,6 +165,8 @@ def from_namespace(
         if (only is not None and f.name not in only) or not hasattr(namespace, f.name):
             continue
         value = getattr(namespace, f.name)
+        if value is _UNSET:
+            continue
         if meta.repeat:
             value = f.default if value is None else tuple(value)
         values[f.name] = value

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from core import events, logs
+from core import events, logs, netns
 from core.options import option, switch
 from core.policies import CLIENT_POLICIES, ClosePolicy
 from core.units import format_duration, parse_duration
@@ -59,6 +59,16 @@ def port_number(text: str) -> int:
     return int(text)
 
 
+def netns_name(text: str) -> str:
+    """A named network namespace (``/run/netns/NAME``): refused at once when
+    the name could not be one (a path, too long), not when it is entered."""
+    try:
+        netns.path_of(text)
+    except netns.NetnsError as exc:
+        raise ValueError(str(exc)) from None
+    return text
+
+
 def one_line(text: str) -> str:
     """A message: one line, so no newline in it."""
     if "\n" in text or "\r" in text:
@@ -71,7 +81,10 @@ class CommonOptions:
     """What both daemons take."""
 
     netns: str | None = option(
-        "--netns", None, help="enter this network namespace before opening sockets"
+        "--netns",
+        None,
+        parse=netns_name,
+        help="enter this network namespace before opening sockets",
     )
     log_format: logs.LogFormat = option(
         "--log-format", "auto", choices=logs.FORMATS, help="console on a tty, else JSON"
@@ -206,7 +219,9 @@ class ClientOptions(CommonOptions):
 class WatchOptions:
     """``python -m daemons.watch``."""
 
-    netns: str = option("--netns", "", help="network namespace to watch (required)")
+    netns: str = option(
+        "--netns", "", parse=netns_name, help="network namespace to watch (required)"
+    )
     port: tuple[int, ...] = option(
         "--port", (), parse=port_number, repeat=True, help="only sockets with this port"
     )

@@ -160,6 +160,8 @@ def test_rules_keep_their_order_across_actions() -> None:
         (ServerOptions, ["--close", "first:x"], "--close: first:x: expected a number"),
         (ServerOptions, ["--idle-timeout", "5"], "add a unit"),
         (WatchOptions, [], "--netns: which namespace to watch"),
+        (WatchOptions, ["--netns", "../x"], "bad network namespace name"),
+        (ServerOptions, ["--netns", "a/b"], "bad network namespace name"),
         (ProxyOptions, ["--drop", "synack@1"], "did you mean 'syn-ack'"),
         (ProxyOptions, ["--pace", "2h"], "longer than 3600s"),
     ],
