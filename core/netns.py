@@ -36,7 +36,9 @@ class NetnsError(OSError):
 def path_of(name: str) -> Path:
     """/run/netns/NAME; NetnsError for a name that is not one (a path, empty,
     longer than a file name may be)."""
-    if not name or "/" in name or name in (".", "..") or len(name) > 255 or "\0" in name:
+    # a leading "-" would read as an option to `ip netns` and to argparse
+    bad = not name or name.startswith("-") or name in (".", "..")
+    if bad or "/" in name or len(name) > 255 or "\0" in name:
         shown = name if len(name) <= 40 else name[:37] + "..."
         raise NetnsError(f"bad network namespace name {shown!r}")
     return NETNS_RUN_DIR / name

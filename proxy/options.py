@@ -22,6 +22,20 @@ from core import rules as grammar
 from core.options import multi, option
 from core.units import format_duration
 
+IFNAMSIZ = 16
+"""include/uapi/linux/if.h: an interface name and its NUL."""
+
+
+def interface_name(text: str) -> str:
+    """A Linux interface name (net/core/dev.c ``dev_valid_name``): 1-15
+    bytes, no ``/``, ``:`` or white space, not ``.`` or ``..``; and not
+    starting with ``-``, which every command line would read as an option."""
+    size = len(text.encode())
+    bad = not text or size >= IFNAMSIZ or text in (".", "..") or text.startswith("-")
+    if bad or any(c in "/:" or c.isspace() for c in text):
+        raise ValueError(f"{text[:40]!r} is not an interface name")
+    return text
+
 RULE_ACTIONS: tuple[grammar.Action, ...] = ("drop", "delay", "hold", "duplicate", "reset")
 """The rule options, in the order their rules are listed."""
 FAULTS: tuple[str, ...] = ("rules", "pace")
@@ -57,8 +71,12 @@ class ProxyOptions:
     """``python -m proxy``."""
 
     netns: str | None = option("--netns", None, help="enter this network namespace first")
-    front: str = option("--front", "mc0", help="client-side interface (default mc0)")
-    back: str = option("--back", "ms0", help="server-side interface (default ms0)")
+    front: str = option(
+        "--front", "mc0", parse=interface_name, help="client-side interface (default mc0)"
+    )
+    back: str = option(
+        "--back", "ms0", parse=interface_name, help="server-side interface (default ms0)"
+    )
     rules: tuple[grammar.Rule, ...] = multi(
         [(f"--{action}", _rule_parser(action), _RULE_HELP[action]) for action in RULE_ACTIONS],
         flag_of=_flag_of,

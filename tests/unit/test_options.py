@@ -35,7 +35,10 @@ counts = st.integers(1, 1_000_000)
 endpoints = st.tuples(
     st.ip_addresses(v=4).map(str) | st.ip_addresses(v=6).map(str), st.integers(1, 65535)
 )
-names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20)
+names = st.text("abcdefghijklmnopqrstuvwxyz0123456789-_", min_size=1, max_size=20).filter(
+    lambda name: not name.startswith("-")
+)
+ifnames = names.filter(lambda name: len(name) < 16)
 server_policies = st.one_of(
     st.sampled_from(["immediate", "never", "abort", "first", "half"]),
     st.builds(lambda n: f"first:{n}", st.integers(0, 1000)),
@@ -102,8 +105,8 @@ STRATEGIES: dict[type, dict[str, Any]] = {
     },
     ProxyOptions: {
         "netns": st.none() | names,
-        "front": names,
-        "back": names,
+        "front": ifnames,
+        "back": ifnames,
         "rules": rule_lists(),
         "pace": st.none() | durations,
         "rules_file": st.none() | names,
