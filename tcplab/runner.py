@@ -114,6 +114,14 @@ def daemon_argv(module: str, opts: Any) -> list[str]:
     return [sys.executable, "-m", module, *options.to_argv(opts)]
 
 
+SERVER_OBSERVE_MARGIN_S = 0.5
+"""The server watches its sockets this much longer than the client does
+(only when some are left): what its exit does to them — the FIN of a
+connection it never closed — then comes after the client's observer has
+stopped, every time, not in a race between two deadlines that begin
+milliseconds apart.  The client's report is of the conversation."""
+
+
 def server_options(
     opts: RunOptions, host: str, netns: str | None = None, trace: str | None = None
 ) -> ServerOptions:
@@ -125,7 +133,7 @@ def server_options(
         listen=(host, opts.port),
         close=ClosePolicy.parse(opts.server_close),
         max_conns=opts.count,
-        observe_for=opts.observe_for,
+        observe_for=opts.observe_for + SERVER_OBSERVE_MARGIN_S,
         observe_interval=opts.observe_interval,
         farewell=opts.farewell,
         trace=trace if opts.trace else None,

@@ -98,7 +98,13 @@ def test_close_policies_given_replace_the_scenarios() -> None:
         ("--port", "8080", lambda s, c: s.listen[1] == 8080 and c.connect[1] == 8080),
         ("--farewell", "bye", lambda s, c: s.farewell == "bye"),
         ("--send", "one", lambda s, c: c.send == ("one",)),
-        ("--observe-for", "5s", lambda s, c: s.observe_for == 5.0 and c.observe_for == 5.0),
+        (
+            "--observe-for",
+            "5s",
+            lambda s, c: (
+                s.observe_for == 5.0 + runner.SERVER_OBSERVE_MARGIN_S and c.observe_for == 5.0
+            ),
+        ),
     ],
 )
 def test_conversation_options_given_replace_the_scenarios(
