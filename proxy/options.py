@@ -36,6 +36,7 @@ def interface_name(text: str) -> str:
         raise ValueError(f"{text[:40]!r} is not an interface name")
     return text
 
+
 RULE_ACTIONS: tuple[grammar.Action, ...] = ("drop", "delay", "hold", "duplicate", "reset")
 """The rule options, in the order their rules are listed."""
 FAULTS: tuple[str, ...] = ("rules", "pace")
