@@ -1,5 +1,5 @@
-# One image for the three sides of the lab (compose.yaml): the project in a
-# venv, plus iproute2 so `ss` and `ip` work inside the containers.
+# One image for the three sides of the lab and its board (compose.yaml): the
+# project in a venv, plus iproute2 so `ss` and `ip` work inside the containers.
 ARG BASE_IMAGE=python:3.12-slim
 FROM ${BASE_IMAGE}
 

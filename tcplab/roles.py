@@ -18,7 +18,13 @@ side with the options of a scenario (``SCENARIO``, default ``tour``):
   its options, pauses, and again.
 
 Every daemon logs its JSON event lines on stdout, so ``docker compose logs``
-reads as the story.
+reads as the story.  The role runs each daemon as its child and relays those
+lines (:class:`Relay`): to its own stdout, unchanged, and to the board
+container through the Unix socket that ``TCPLAB_BOARD_SOCKET`` names on the
+shared volume (:mod:`core.recordsink`; unset: stdout only).  Sending to the
+board never blocks or fails the lab.  A signal to the role (``docker compose
+stop``) is passed on to the daemon running, whose last lines are still
+relayed.
 """
 
 from __future__ import annotations
@@ -26,11 +32,15 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 import time
-from typing import Any
+from types import FrameType
+from typing import IO, Any
 
+from core.proc import child_env
+from core.recordsink import RecordSink
 from core.units import format_duration
 from proxy.options import ProxyOptions
 from tcplab import runner
@@ -131,21 +141,85 @@ def apply_rules(sc: scenariomod.Scenario, path: str, previous: scenariomod.Scena
     control.request(path, {"op": "pace", "value": pace})
 
 
+class Relay:
+    """Runs the role's daemons, one at a time, each line of their stdout
+    copied to ``out`` as it comes and, when complete, sent to ``sink``.
+
+    The daemon's stderr (tracebacks, warnings) is left to go straight to the
+    container's log; only stdout carries event lines.
+    """
+
+    def __init__(self, sink: RecordSink, out: IO[bytes] | None = None) -> None:
+        self.sink = sink
+        self.out = sys.stdout.buffer if out is None else out
+        self.child: subprocess.Popen[bytes] | None = None
+        self.stopping: int | None = None
+        """The signal that asked the role to stop, once one has."""
+
+    def install_signals(self) -> None:
+        """Pass SIGTERM, SIGINT and SIGHUP on to the running daemon (the
+        container's init sends them to this process only)."""
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._on_signal)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.stopping = signum
+        child = self.child
+        if child is None or child.returncode is not None:
+            raise SystemExit(128 + signum)  # between daemons: nothing to wait for
+        try:
+            child.send_signal(signum)  # it ends; run() relays its last lines
+        except ProcessLookupError:
+            pass
+
+    def run(self, argv: list[str]) -> int:
+        """Run ``argv`` to its end, relaying its stdout; its exit status
+        (128 + N when killed by signal N, as a shell reports it)."""
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=child_env(),  # the daemon ends with this process, whatever kills it
+        )
+        self.child = proc
+        try:
+            assert proc.stdout is not None
+            with proc.stdout:
+                for raw in iter(proc.stdout.readline, b""):
+                    self.line(raw)
+            code = proc.wait()
+        finally:
+            self.child = None
+        return 128 - code if code < 0 else code
+
+    def line(self, raw: bytes) -> None:
+        """One line to stdout, as it is, and to the board if it is whole (a
+        last line cut short by the daemon's end is not a record)."""
+        self.out.write(raw)
+        self.out.flush()
+        if raw.endswith(b"\n") and raw.strip():
+            self.sink.send(raw)
+
+
 def run_role(role: str, names: str, pause: float, once: bool) -> int:
     """Prepare this container for ``role`` and run its daemon(s)."""
     tour = scenarios(names)
     first = tour[0]
-    if role == "server":
-        prepare_endpoint(SERVER_SUBNET, CLIENT_SUBNET, PROXY_BACK)
-        os.execv(sys.executable, server_argv(first))
-    if role == "proxy":
-        front = interface_in(CLIENT_SUBNET)
-        back = interface_in(SERVER_SUBNET)
-        os.makedirs(os.path.dirname(CONTROL), exist_ok=True)
-        # the client puts each scenario's rules in through the control socket
-        proxy = ProxyOptions(log_format="json", front=front, back=back, control=CONTROL)
-        os.execv(sys.executable, runner.daemon_argv("proxy", proxy))
-    if role == "client":
+    if role not in ("server", "proxy", "client"):
+        raise ValueError(f"unknown role {role!r} (server, proxy, client)")
+    with RecordSink.from_env() as sink:
+        relay = Relay(sink)
+        relay.install_signals()
+        if role == "server":
+            prepare_endpoint(SERVER_SUBNET, CLIENT_SUBNET, PROXY_BACK)
+            return relay.run(server_argv(first))
+        if role == "proxy":
+            front = interface_in(CLIENT_SUBNET)
+            back = interface_in(SERVER_SUBNET)
+            os.makedirs(os.path.dirname(CONTROL), exist_ok=True)
+            # the client puts each scenario's rules in through the control socket
+            proxy = ProxyOptions(log_format="json", front=front, back=back, control=CONTROL)
+            return relay.run(runner.daemon_argv("proxy", proxy))
         prepare_endpoint(CLIENT_SUBNET, SERVER_SUBNET, PROXY_FRONT)
         server = os.environ.get("TCPLAB_SERVER", SERVER_ADDR)
         previous: scenariomod.Scenario | None = None
@@ -154,15 +228,16 @@ def run_role(role: str, names: str, pause: float, once: bool) -> int:
                 if os.path.exists(CONTROL) and (previous is None or previous is not sc):
                     apply_rules(sc, CONTROL, previous)
                     previous = sc
-                _say(sc)
-                subprocess.run(client_argv(sc, server), check=False)
+                relay.line(announcement(sc))
+                relay.run(client_argv(sc, server))
+                if relay.stopping is not None:
+                    return 128 + relay.stopping
                 if once and sc is tour[-1]:
                     return 0
                 time.sleep(pause)
-    raise ValueError(f"unknown role {role!r} (server, proxy, client)")
 
 
-def _say(sc: Any) -> None:
+def announcement(sc: scenariomod.Scenario) -> bytes:
     """One JSON line announcing the scenario, so the logs read as chapters."""
     import json
 
@@ -171,4 +246,4 @@ def _say(sc: Any) -> None:
     record = events.ScenarioStart(
         ts=time.time(), component="client", scenario=sc.name, title=sc.title
     )
-    print(json.dumps(events.to_fields(record), ensure_ascii=False), flush=True)
+    return (json.dumps(events.to_fields(record), ensure_ascii=False) + "\n").encode()
