@@ -44,11 +44,13 @@ class Gatherer:
     one from another process with an earlier ``ts``, or a poll that reports
     a cause late, can overtake."""
 
-    def __init__(self, on_event: Callable[[Placed], None] | None) -> None:
+    def __init__(
+        self, on_event: Callable[[Placed], None] | None, window: float = REORDER_WINDOW_S
+    ) -> None:
         self.on_event = on_event
         self.records: list[Record] = []
         self.stray: list[str] = []
-        self.merger = Merger()
+        self.merger = Merger(window)
 
     def deliver(self, final: bool = False) -> None:
         """Hand ``on_event`` the records held long enough (``final``: all)."""
@@ -61,7 +63,7 @@ class Gatherer:
         """Deliver what is ready, often enough that nothing waits much past
         its window."""
         while True:
-            await trio.sleep(REORDER_WINDOW_S / 3)
+            await trio.sleep(self.merger.window / 3)
             self.deliver()
 
     def sink(self, who: Daemon | None, name: str) -> Callable[[bytes], None]:

@@ -35,6 +35,7 @@ from tcplab import topology
 from tcplab.causality import Placed
 from tcplab.daemon_io import Daemon, Gatherer, first_of, start_daemon
 from tcplab.scenario.model import Scenario
+from tcplab.transcript import REORDER_WINDOW_S
 
 R = TypeVar("R", bound=Record)
 
@@ -203,10 +204,11 @@ class _Run:
         lab: topology.Lab,
         opts: RunOptions,
         on_event: Callable[[Placed], None] | None,
+        window: float = REORDER_WINDOW_S,
     ) -> None:
         self.lab = lab
         self.opts = opts
-        self.lines = Gatherer(on_event)
+        self.lines = Gatherer(on_event, window)
         self.server: Daemon | None = None
         self.client: Daemon | None = None
         self.proxy: Daemon | None = None
@@ -286,13 +288,15 @@ async def run_in_lab(
     lab: topology.Lab,
     opts: RunOptions,
     on_event: Callable[[Placed], None] | None = None,
+    *,
+    window: float = REORDER_WINDOW_S,
 ) -> RunResult:
     """Start server then client in ``lab``; return when both have exited.
 
     ``on_event`` gets every record as it comes, in causal order: records are
-    held for a short window so one from another process with an earlier
+    held for a short ``window`` so one from another process with an earlier
     ``ts``, or a poll that reports a cause late, can overtake."""
-    run = _Run(lab, opts, on_event)
+    run = _Run(lab, opts, on_event, window)
     # one forwarder in the middle, never two (every segment would arrive twice)
     topology.set_forwarding(lab, opts.forwarding)
     deadline = trio.CancelScope(deadline=trio.current_time() + opts.deadline)

@@ -38,7 +38,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
             return 1
     if args.json:
         print(json.dumps(lab.describe()))
-        return 0
+        return 0 if not args.board else _board_for(lab, args)
     d = lab.describe()
     print(f"lab {lab.lab_id} is up ({lab.forwarding.value} forwarding in the middle)\n")
     print(
@@ -71,7 +71,19 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         print("  tcplab proxy release                   # let held segments go")
         print(f"  its log (JSON lines): {_proxy_log(lab)}")
     print("\nremove it with: tcplab lab down")
-    return 0
+    return 0 if not args.board else _board_for(lab, args)
+
+
+def _board_for(lab: topology.Lab, args: argparse.Namespace) -> int:
+    """``lab up --board``: the board for the lab just made (it stays up after)."""
+    from tcplab.cli.board import cmd_board
+
+    print("")
+    board = argparse.Namespace(
+        listen=args.listen, allow_remote=args.allow_remote, scenarios=[], lang="en",
+        lab=lab.lab_id, events_socket=None, control=None, quiet=False,
+    )  # fmt: skip
+    return cmd_board(board)
 
 
 def _proxy_log(lab: topology.Lab) -> str:

@@ -9,6 +9,7 @@ import os
 from core import logs, options
 from proxy.options import FAULTS, ProxyOptions
 from tcplab import topology
+from tcplab.cli.board import add_board_options, cmd_board
 from tcplab.cli.catalogue import cmd_list, cmd_role, cmd_schema, cmd_show, cmd_verify
 from tcplab.cli.common import (
     concurrency_arg,
@@ -107,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="which segments the proxy logs (control: handshake, teardown, resets, "
         "retransmits and any segment a rule touched)",
     )
+    run.add_argument(
+        "--board",
+        action="store_true",
+        help="show it live in the browser (tcplab board); the board stays up after the run",
+    )
+    add_board_options(run, full=False)
     _add_fault_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -151,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_fault_options(up)
     up.add_argument("--sysctl", action="append", type=sysctl_arg, metavar="SIDE:KEY=VALUE")
     up.add_argument("--json", action="store_true", help="print names and addresses as JSON")
+    up.add_argument(
+        "--board",
+        action="store_true",
+        help="then serve the live page for it (Ctrl-C stops the board; the lab stays up)",
+    )
+    add_board_options(up, full=False)
     up.set_defaults(func=cmd_lab_up)
     down = lab_sub.add_parser("down", help="remove a lab made by `lab up`")
     down.add_argument("--lab", metavar="ID", help="which lab (default: the only one)")
@@ -192,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--json", action="store_true", help="print the proxy's answers as JSON")
         p.set_defaults(func=cmd_proxy)
+
+    board = sub.add_parser(
+        "board", help="the live ladder in a browser, with faults at a click and an HTTP API"
+    )
+    add_board_options(board, full=True)
+    board.set_defaults(func=cmd_board)
 
     watch = sub.add_parser("watch", help="print TCP state changes of sockets in a namespace")
     watch.add_argument("--netns", required=True, help="network namespace to watch")

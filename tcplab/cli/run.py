@@ -45,6 +45,8 @@ def _run(opts: Any, show: Any, spec: topology.LabSpec | None = None) -> RunResul
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.board:
+        return _run_on_board(args)
     if args.scenario:
         return cmd_run_scenario(args)
     need_net_admin("run")
@@ -107,6 +109,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
     ok = result.client_status == 0 and result.server_status == 0 and not result.timed_out
     return 0 if ok and not violations else 1
+
+
+def _run_on_board(args: argparse.Namespace) -> int:
+    """``run NAME --board``: the board runs it (and stays up for more)."""
+    from tcplab.cli.board import cmd_board
+
+    if not args.scenario:
+        print("tcplab run --board: name a scenario (tcplab list)", file=sys.stderr)
+        return EXIT_USAGE
+    load_scenario(args.scenario, "run")  # named now, not later on a page
+    board = argparse.Namespace(
+        listen=args.listen,
+        allow_remote=args.allow_remote,
+        scenarios=[args.scenario],
+        lang=args.lang,
+        lab=None,
+        events_socket=None,
+        control=None,
+        quiet=False,
+        faults=faults_of(args, "run"),
+    )
+    return cmd_board(board)
 
 
 def load_scenario(name: str, command: str) -> Any:

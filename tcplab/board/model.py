@@ -1,0 +1,285 @@
+"""What the board shows, as plain messages (pure: placed records in,
+JSON-ready dicts out, no clock read).
+
+The page is a stack of ladder rows, each drawn by
+:func:`tcplab.timeline.svg_row` from the rows of
+:mod:`tcplab.ladder_layout` — the terminal ladder's rows, in both languages
+at once so the page can switch without asking again.  Beside the ladder: each
+side's sockets now (state, timer, what is left of TIME_WAIT), the scenario
+being run and its explanation, and what the middlebox's rules did.
+
+A page that opens late asks for :meth:`BoardModel.replay`: the same messages
+it would have had, limited to the newest :data:`KEPT_ROWS` rows (older ones
+are counted, not kept: a run of thousands of connections must not grow the
+page or this process without bound).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable
+from typing import Any
+
+from core.events import (
+    CLOSED,
+    ObserverStop,
+    Record,
+    RulesChanged,
+    RunDone,
+    ScenarioStart,
+    TcpState,
+)
+from tcplab import causality, connview, timeline
+from tcplab.ladder_layout import Layout, Row
+
+LANGS = ("en", "zh")
+KEPT_ROWS = 600
+"""Rows a page keeps (and a late page is sent): enough for a few dozen
+connections, few enough that the page stays quick at thousands."""
+MAX_SOCKETS = 200
+"""Sockets listed per side; beyond that the table says how many more."""
+TCP_TIMEWAIT_LEN_S = 60.0
+"""include/net/tcp.h ``TCP_TIMEWAIT_LEN``: how long Linux keeps TIME_WAIT."""
+
+
+Message = dict[str, Any]
+
+
+@dataclasses.dataclass(slots=True)
+class Sock:
+    """One socket on one side, as the page lists it."""
+
+    conn: str
+    state: str
+    since: float
+    timer: str = "off"
+    expires_at: float | None = None
+    """Wall time its timer fires (TIME_WAIT: when the kernel drops it)."""
+
+    def as_message(self) -> Message:
+        return {
+            "conn": self.conn,
+            "state": self.state,
+            "since": self.since,
+            "timer": self.timer,
+            "expires_at": self.expires_at,
+        }
+
+
+def row_message(number: int, rows: dict[str, Row]) -> Message:
+    """One ladder row, drawn in every language."""
+    first = rows["en"]
+    return {
+        "type": "row",
+        "n": number,
+        "kind": first.kind,
+        "style": first.style,
+        "conn": first.conn,
+        "side": first.side,
+        "at_ms": round(first.at_ms, 3),
+        "svg": {lang: timeline.svg_row(row) for lang, row in rows.items()},
+    }
+
+
+class BoardModel:
+    """Placed records → messages for the page, and what a late page needs."""
+
+    def __init__(self, kept_rows: int = KEPT_ROWS) -> None:
+        self.kept_rows = kept_rows
+        self._layouts = {lang: Layout(None, lang) for lang in LANGS}
+        self._rows: collections.deque[Message] = collections.deque(maxlen=kept_rows)
+        self.rows_total = 0
+        self.conns: set[str] = set()
+        self._conns_seen = 0
+        self.sockets: dict[str, dict[str, Sock]] = {"client": {}, "server": {}}
+        self.run: Message = {"type": "run", "scenario": None, "status": "idle"}
+        self.rule_events: collections.deque[Message] = collections.deque(maxlen=50)
+        self._waiting: list[causality.Placed] = []
+
+    # --- runs ----------------------------------------------------------------
+
+    def new_run(self, scenario: str | None, title: str, teaches: dict[str, str]) -> list[Message]:
+        """A new run begins: a fresh time zero, the sockets of the last one
+        forgotten (they were in namespaces that are gone or reused)."""
+        self._layouts = {lang: Layout(None, lang) for lang in LANGS}
+        self._waiting = []
+        for side in self.sockets.values():
+            side.clear()
+        self.run = {
+            "type": "run",
+            "scenario": scenario,
+            "title": title,
+            "teaches": teaches,
+            "status": "running",
+            "failures": [],
+        }
+        divider = {"type": "divider", "n": self.rows_total, "scenario": scenario, "title": title}
+        self._keep(divider)
+        return [self.run, divider, *self._sockets_messages()]
+
+    def run_done(self, failures: Iterable[str]) -> list[Message]:
+        out = self._release(flush=True)
+        failed = list(failures)
+        self.run = {**self.run, "status": "failed" if failed else "passed", "failures": failed}
+        return [*out, self.run]
+
+    # --- records ---------------------------------------------------------------
+
+    def feed(self, placed: causality.Placed) -> list[Message]:
+        """One record, in causal order."""
+        record = placed.record
+        out: list[Message] = []
+        if isinstance(record, ScenarioStart):
+            out += self.new_run(record.scenario, record.title or "", {})
+        elif isinstance(record, RunDone) and record.scenario == self.run.get("scenario"):
+            out += self.run_done([*record.failures, *record.violations])
+        elif isinstance(record, RulesChanged):
+            message = {
+                "type": "rules_changed",
+                "ts": record.ts,
+                "op": record.op,
+                "rule": record.rule,
+                "frames": record.frames,
+                "value": record.value,
+            }
+            self.rule_events.append(message)
+            out.append(message)
+        out += self._sockets_from(record)
+        out += self._ladder(placed)
+        return out
+
+    def _ladder(self, placed: causality.Placed) -> list[Message]:
+        layout = self._layouts["en"]
+        if layout.t0 is None:
+            if not connview.is_time_zero(placed.record):
+                # rows wait for the first SYN (their times count from it),
+                # as the terminal ladder's do; bounded like the page
+                self._waiting.append(placed)
+                if len(self._waiting) > self.kept_rows:
+                    return self._release(flush=True)
+                return []
+            for each in self._layouts.values():
+                each.t0 = placed.record.ts
+        return self._release() + self._rows_of(placed)
+
+    def _release(self, flush: bool = False) -> list[Message]:
+        if not self._waiting:
+            return []
+        if flush and self._layouts["en"].t0 is None:
+            t0 = connview.time_zero([p.record for p in self._waiting])
+            for each in self._layouts.values():
+                each.t0 = t0
+        waiting, self._waiting = self._waiting, []
+        out: list[Message] = []
+        for placed in waiting:
+            out += self._rows_of(placed)
+        return out
+
+    def _rows_of(self, placed: causality.Placed) -> list[Message]:
+        by_lang = {lang: layout.feed(placed) for lang, layout in self._layouts.items()}
+        out = []
+        for i, first in enumerate(by_lang["en"]):
+            if first.conn is not None and first.conn not in self.conns:
+                self.conns.add(first.conn)
+                self._conns_seen += 1
+                if len(self.conns) > self.kept_rows:
+                    self.conns = set()  # only a count matters once it is this large
+            message = row_message(
+                self.rows_total, {lang: rows[i] for lang, rows in by_lang.items()}
+            )
+            self._keep(message)
+            out.append(message)
+        return out
+
+    def _keep(self, message: Message) -> None:
+        self._rows.append(message)
+        self.rows_total += 1
+
+    # --- sockets -------------------------------------------------------------------
+
+    def _sockets_from(self, record: Record) -> list[Message]:
+        side = record.component
+        if side not in self.sockets:
+            return []
+        table = self.sockets[side]
+        if isinstance(record, TcpState):
+            if (record.is_listener and record.new == CLOSED) or (
+                record.new == CLOSED and record.handed_to is None
+            ):
+                table.pop(record.conn, None)
+            else:
+                state = record.shown_new if record.handed_to is not None else record.new
+                table[record.conn] = Sock(record.conn, state, record.ts, *_timer(record))
+                if len(table) > MAX_SOCKETS * 4:
+                    # a page lists MAX_SOCKETS; keep the newest few times that
+                    for conn in list(table)[: len(table) - MAX_SOCKETS]:
+                        del table[conn]
+            return [self._side_message(side)]
+        if isinstance(record, ObserverStop):
+            for sock in record.remaining:
+                name, left_in = sock.get("conn"), sock.get("state")
+                if not isinstance(name, str) or not isinstance(left_in, str):
+                    continue
+                known = table.get(name)
+                expires = sock.get("expires_ms")
+                table[name] = Sock(
+                    name,
+                    left_in,
+                    known.since if known and known.state == left_in else record.ts,
+                    str(sock.get("timer", "off")),
+                    record.ts + expires / 1000 if isinstance(expires, int | float) else None,
+                )
+            return [self._side_message(side)]
+        return []
+
+    def _side_message(self, side: str) -> Message:
+        socks = list(self.sockets[side].values())
+        shown = socks[-MAX_SOCKETS:]
+        return {
+            "type": "sockets",
+            "side": side,
+            "sockets": [s.as_message() for s in shown],
+            "more": len(socks) - len(shown),
+        }
+
+    def _sockets_messages(self) -> list[Message]:
+        return [self._side_message(side) for side in self.sockets]
+
+    # --- a page opening late --------------------------------------------------------
+
+    def replay(self) -> list[Message]:
+        """Everything a page needs to show what has happened so far."""
+        folded = self.rows_total - len(self._rows)
+        return [
+            {
+                "type": "hello",
+                "rows_total": self.rows_total,
+                "rows_folded": folded,
+                "kept_rows": self.kept_rows,
+                "connections": self._conns_seen,
+            },
+            self.run,
+            *self._rows,
+            *self._sockets_messages(),
+            *self.rule_events,
+        ]
+
+    def summary(self) -> Message:
+        return {
+            "type": "summary",
+            "rows_total": self.rows_total,
+            "rows_folded": self.rows_total - len(self._rows),
+            "connections": self._conns_seen,
+        }
+
+
+def _timer(record: TcpState) -> tuple[str, float | None]:
+    """The timer a state change leaves running, as a wall-clock deadline."""
+    if record.expires_ms is not None and record.timer != "off":
+        return record.timer, record.ts + record.expires_ms / 1000
+    new = record.shown_new if record.handed_to is not None else record.new
+    if new == "TIME_WAIT":
+        # entered just now (a tracepoint's time): the whole of it is left
+        return "timewait", record.ts + TCP_TIMEWAIT_LEN_S
+    return record.timer, None

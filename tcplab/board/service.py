@@ -1,0 +1,119 @@
+"""The board's live state: records in, messages out to the listeners
+(trio shell around :class:`tcplab.board.model.BoardModel`).
+
+Records come either from the board's own runs (already in causal order,
+from the runner) or from outside — the compose containers' datagrams, a
+hand-made lab's watchers and proxy log — through :meth:`Board.push`, which
+holds them for the same short window the runner does so a record from
+another process with an earlier time can overtake.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+import trio
+
+from core.events import Record, ScenarioStart, to_fields
+from tcplab import timeline
+from tcplab.board.backends import LIVE_WINDOW_S, Backend
+from tcplab.board.hub import Hub
+from tcplab.board.model import BoardModel, Message
+from tcplab.causality import Placed
+from tcplab.transcript import Merger
+
+
+class Board:
+    """One board: its model, its listeners, and what runs the middlebox."""
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        lang: str = "en",
+        echo: TextIO | None = None,
+        kept_rows: int | None = None,
+    ) -> None:
+        self.token = token
+        self.lang = lang
+        self.model = BoardModel() if kept_rows is None else BoardModel(kept_rows)
+        self.pages = Hub()
+        self.records = Hub()
+        self.backend: Backend | None = None
+        self.echo = echo
+        self._ladder = timeline.Ladder(lang=lang)
+        self._merger = Merger(LIVE_WINDOW_S)
+        self.on_message: Callable[[Message], None] | None = None
+
+    # --- what happens ------------------------------------------------------------
+
+    def placed(self, placed: Placed) -> None:
+        """One record, in causal order."""
+        record = placed.record
+        self._publish(self.model.feed(placed))
+        self.records.publish([to_fields(record)])
+        if self.echo is None:
+            return
+        if isinstance(record, ScenarioStart):
+            # compose's client begins the next scenario: a ladder of its own
+            lines = self._ladder.flush()
+            self._ladder = timeline.Ladder(lang=self.lang)
+            title = f": {record.title}" if record.title else ""
+            self._print([*lines, "", f"{record.scenario}{title}", "", *self._ladder.header()])
+        self._print(self._ladder.feed(placed))
+
+    def push(self, record: Record) -> None:
+        """A record from outside, in the order it came."""
+        self._merger.push(record)
+
+    async def merge(self) -> None:
+        """Hand the pushed records on in causal order, after their window."""
+        while True:
+            await trio.sleep(LIVE_WINDOW_S / 3)
+            for placed in self._merger.pop_ready(time.time()):
+                self.placed(placed)
+
+    def run_started(self, sc: Any) -> None:
+        teaches = {"en": sc.teaches, "zh": sc.teaches_zh}
+        self._publish(self.model.new_run(sc.name, sc.title, teaches))
+        if self.echo is not None:
+            self._ladder = timeline.Ladder(lang=self.lang)
+            self._print(["", f"{sc.name}: {sc.title}", "", *self._ladder.header()])
+
+    def run_finished(self, sc: Any, failures: list[str]) -> None:
+        messages = self.model.run_done(failures)
+        self._publish(messages)
+        if self.echo is not None:
+            lines = self._ladder.flush()
+            if failures:
+                lines += [f"{len(failures)} expectation(s) not met:"]
+                lines += [f"  ✗ {failure}" for failure in failures]
+            else:
+                lines.append("every expectation held ✓")
+            self._print(lines)
+
+    def _publish(self, messages: list[Message]) -> None:
+        self.pages.publish(messages)
+        if self.on_message is not None:
+            for message in messages:
+                self.on_message(message)
+
+    def _print(self, lines: list[str]) -> None:
+        assert self.echo is not None
+        if lines:
+            self.echo.write("".join(f"{line}\n" for line in lines))
+            self.echo.flush()
+
+    def counters(self) -> dict[str, Any]:
+        """The board's own figures."""
+        summary = self.model.summary()
+        return {
+            "pages": self.pages.listeners,
+            "event_listeners": self.records.listeners,
+            "cut_off": self.pages.cut_off + self.records.cut_off,
+            "rows": summary["rows_total"],
+            "rows_folded": summary["rows_folded"],
+            "connections": summary["connections"],
+        }
