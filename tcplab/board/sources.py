@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -109,7 +110,8 @@ async def watcher(
         await read_lines(proc.stdout, lambda raw: _feed(raw, push, unparsed, side))
     finally:
         if proc.returncode is None:
-            proc.terminate()
+            # SIGINT: the watcher removes its ftrace instance as it stops
+            proc.send_signal(signal.SIGINT)
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(2) as slow:
                     await proc.wait()

@@ -178,7 +178,7 @@ def test_every_run_option_is_covered_here() -> None:
         "--forwarding", "--help",
         # what a run prints, not what it runs: tested by the CLI's integration tests
         "--json", "--html", "--lang",
-        # where it is shown: tests/unit/test_board.py, tests/integration/test_board.py
+        # where it is shown: tests/unit/test_board.py, tests/integration/test_board_browser.py
         "--board", "--listen", "--allow-remote",
     }  # fmt: skip
     assert options == covered
