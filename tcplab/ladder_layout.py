@@ -66,7 +66,7 @@ LABELS = {
         "server": "server",
         "legend": "[t] kernel tracepoint  [p] sock_diag poll  [i] implied  "
         "≤ polled: happened by then",
-        "still": "still",
+        "still": "still: ",
         "left": "left",
         "more": "more",
         "released": "▶released",
@@ -83,7 +83,7 @@ LABELS = {
         "middlebox": "中间盒",
         "server": "服务端",
         "legend": "[t] 内核跟踪点  [p] sock_diag 轮询  [i] 由状态机推出  ≤ 轮询所见:不晚于此刻",
-        "still": "仍在",
+        "still": "仍在：",
         "left": "剩余",
         "more": "个",
         "released": "▶放行",
@@ -245,7 +245,7 @@ class Layout:
         if not left:
             return []
         more = f" (+{len(left) - 1} {words['more']})" if len(left) > 1 else ""
-        return [self._note(record.component, f"{words['still']}: {left[0]}{more}", at, "still")]
+        return [self._note(record.component, f"{words['still']}{left[0]}{more}", at, "still")]
 
     def _note(self, side: str, text: str, at: float, style: str, bound: bool = False) -> Row:
         assert side in ("client", "server")

@@ -47,7 +47,8 @@ class Ladder:
     def header(self) -> list[str]:
         words = labels(self.layout.lang)
         line = list(f"   {words['time']}".ljust(self.width))
-        for col, name in ((C, words["client"]), (M, words["middlebox"]), (S, words["server"])):
+        for col, word in ((C, words["client"]), (M, words["middlebox"]), (S, words["server"])):
+            name = cells(word, self.width)
             start = max(TIME_W, min(col - len(name) // 2, self.width - len(name)))
             line[start : start + len(name)] = name
         return ["".join(line).rstrip(), f"   {words['legend']}", self._blank("")]
@@ -86,7 +87,7 @@ class Ladder:
         line = list(self._blank(stamp).ljust(self.width))
         if row.kind == "note":
             room = M - C - 3
-            text = row.text[:room]
+            text = cells(row.text, room)
             start = C + 2 if row.side == "client" else S - 2 - len(text)
             line[start : start + len(text)] = text
             return "".join(line).rstrip()
@@ -103,10 +104,23 @@ class Ladder:
             note = note.lstrip("✗")
         if note:
             # the verdict sits just past the middlebox, on the receiver's side
-            note = note[: S - M - 4]
-            start = M + 2 if c2s else M - 1 - len(note)
-            line[start : start + len(note)] = note
+            shown = cells(note, S - M - 4)
+            start = M + 2 if c2s else M - 1 - len(shown)
+            line[start : start + len(shown)] = shown
         return "".join(line).rstrip()
+
+
+def cells(text: str, room: int) -> list[str]:
+    """``text`` as terminal cells, at most ``room``: a wide character (CJK)
+    fills two, the second left empty, so the columns after it stay where
+    they are."""
+    out: list[str] = []
+    for char in text:
+        wide = unicodedata.east_asian_width(char) in ("W", "F")
+        if len(out) + (2 if wide else 1) > room:
+            break
+        out += [char, ""] if wide else [char]
+    return out
 
 
 def _arrow(row: list[str], start: int, end: int, label: str) -> None:
