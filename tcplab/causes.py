@@ -210,7 +210,11 @@ def _handshake(c: _Conn) -> list[Link]:
     first_syn_ack = _first(
         s for s in c.segments if s.dir == "s2c" and "S" in s.flags and "A" in s.flags
     )
-    if syn_recv is not None and first_syn_ack is not None:
+    if (
+        syn_recv is not None
+        and first_syn_ack is not None
+        and not _born_at_the_ack(syn_recv, first_syn_ack)
+    ):
         out.append(Link("syn_recv_before_syn_ack", syn_recv, first_syn_ack))
     established = _entered(client, "ESTABLISHED", "SYN_SENT")
     if syn_ack is not None and established is not None:
@@ -337,3 +341,16 @@ def _retransmits(c: _Conn, side: str) -> list[Link]:
         used.add(index)
         out.append(Link("retransmit_before_segment", event, segments[index]))
     return out
+
+
+def _born_at_the_ack(syn_recv: TcpState, syn_ack: Segment) -> bool:
+    """An inferred SYN_RECV whose whole poll interval began after the
+    SYN-ACK: no request socket was seen, and none can have answered — with
+    SYN cookies (``tcp_syncookies``) the kernel keeps none, and the child
+    socket is born in SYN_RECV at the handshake ACK.  Its place before the
+    SYN-ACK is then not a rule of this connection."""
+    return (
+        syn_recv.source == "inferred"
+        and syn_recv.seen_after is not None
+        and syn_recv.seen_after > syn_ack.ts
+    )

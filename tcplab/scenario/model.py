@@ -38,6 +38,9 @@ class SideExpect:
     exit: int | None = None
     errors: tuple[str, ...] = ()
     final: tuple[str, ...] | None = None
+    listener: tuple[str, ...] | None = None
+    reset_in: tuple[str, ...] = ()
+    timer_restarted: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -170,6 +173,9 @@ def _side_expect(check: Checker, expect: Mapping[str, Any], side: str) -> SideEx
         exit=raw.get("exit"),
         errors=raw.get("errors", ()),
         final=raw.get("final"),
+        listener=raw.get("listener"),
+        reset_in=raw.get("reset_in", ()),
+        timer_restarted=raw.get("timer_restarted", {}),
     )
 
 

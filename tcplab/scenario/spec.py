@@ -47,6 +47,11 @@ A scenario is a TOML file::
     exit = 0                 # the daemon's exit status
     errors = ["ECONNREFUSED"] # errno names its app_error events must include
     final = ["TIME_WAIT"]    # states of the sockets still alive at the end
+    listener = ["CLOSED", "LISTEN", "CLOSED"]  # the listening socket's states
+    reset_in = ["LAST_ACK"]  # states from which an RST it received closed the connection
+    timer_restarted = { TIME_WAIT = "150ms" }  # the state's timer was re-armed: the
+                             # state ended (or, still in it at the end, will end) at
+                             # least this much later than its timer said on entry
 
     [[expect.segments]]      # in order: each matches a later segment than the one before
     from = "client"
@@ -179,6 +184,13 @@ SIDE_EXPECT = {
     "errors": Field("str-list", "errno names that must appear in app_error events",
                     pattern=r"^[A-Za-z0-9_]{1,32}$"),
     "final": Field("choice-list", "states of the sockets left at the end", choices=STATE_NAMES),
+    "listener": Field("choice-list", "the listening socket's state sequence",
+                      choices=STATE_NAMES, max_items=64),
+    "reset_in": Field("choice-list", "states from which an RST it received closed the "
+                      "connection", choices=STATE_NAMES),
+    "timer_restarted": Field("duration-map", "state -> how much later than its timer said "
+                             "on entry the state ends, at least", choices=STATE_NAMES,
+                             maximum=HOUR),
 }  # fmt: skip
 SEGMENT_EXPECT = {
     "from": Field("choice", "client | server", choices=("client", "server")),

@@ -52,3 +52,72 @@ async def test_a_failed_expectation_fails_verify(tmp_path: object) -> None:
     assert proc.returncode == 1
     assert "expected at least 5000 ms in SYN_SENT, saw" in report
     assert "0/1 scenarios held every expectation" in report
+
+
+WITHOUT_WHAT_THEY_SHOW = [
+    # (scenario, the text taken out of it, what verify must then say)
+    (
+        "no-time-wait",
+        'cli = { "net.ipv4.tcp_max_tw_buckets" = "0" }\n',
+        [
+            "client: expected no sockets left at the end, saw TIME_WAIT",
+            "server: expected an RST to end the connection in LAST_ACK",
+        ],
+    ),
+    (
+        "fin-wait2-timeout",
+        'cli = { "net.ipv4.tcp_fin_timeout" = "1" }\n',
+        [
+            "client: expected no sockets left at the end, saw TIME_WAIT",
+            "server: expected an RST to end the connection in LAST_ACK",
+        ],
+    ),
+    (
+        "syn-cookies",
+        'srv = { "net.ipv4.tcp_syncookies" = "2" }\n',
+        ["server: expected at most 50 ms in SYN_RECV, saw"],
+    ),
+    (
+        "time-wait-buckets",
+        'cli = { "net.ipv4.tcp_max_tw_buckets" = "2" }\n',
+        [
+            "client: expected TIME_WAIT, TIME_WAIT left at the end, saw "
+            + ", ".join(["TIME_WAIT"] * 5)
+        ],
+    ),
+    (
+        "lost-last-ack",
+        '[[proxy.rules]]\naction = "drop"\ntag = "last-ack"\nnth = 1\n',
+        ["client: expected the TIME_WAIT timer to restart"],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "removed", "messages"),
+    WITHOUT_WHAT_THEY_SHOW,
+    ids=[w[0] for w in WITHOUT_WHAT_THEY_SHOW],
+)
+async def test_without_what_it_shows_a_scenario_fails(
+    tmp_path: object, name: str, removed: str, messages: list[str]
+) -> None:
+    """A scenario's expectations fail when what it demonstrates is taken out
+    of it (the sysctl, the lost segment): they check the behaviour, not just
+    a run that went through."""
+    from pathlib import Path
+
+    text = (scenario.CATALOGUE / f"{name}.toml").read_text()
+    assert text.count(removed) == 1
+    altered = Path(str(tmp_path)) / f"{name}.toml"
+    altered.write_text(text.replace(removed, ""))
+    with trio.fail_after(120):
+        proc = await trio.run_process(
+            [sys.executable, "-m", "tcplab.cli", "verify", str(altered)],
+            capture_stdout=True,
+            check=False,
+        )
+    report = proc.stdout.decode()
+    assert proc.returncode == 1, report
+    for message in messages:
+        assert message in report, report
+    assert "0/1 scenarios held every expectation" in report

@@ -56,6 +56,7 @@ def test_catalogue_has_what_the_course_needs() -> None:
         "lost-syn", "lost-syn-ack", "lost-handshake-ack", "lost-fin", "lost-fin-ack",
         "lost-last-ack", "time-wait", "close-wait-leak", "time-wait-port-exhaustion",
         "simultaneous-close", "reset-abort", "connection-refused", "syn-timeout",
+        "no-time-wait", "fin-wait2-timeout", "syn-cookies", "time-wait-buckets",
     } <= names  # fmt: skip
 
 
@@ -145,6 +146,9 @@ MINIMAL = {"name": "x", "title": "t", "teaches": "a", "teaches_zh": "b"}
         MINIMAL,
         {**MINIMAL, "server": {"close": "first:0", "port": 8080}, "client": {"count": 3},
          "expect": {"segments": [{"from": "client", "tag": "syn", "verdict": "drop"}]}},
+        {**MINIMAL, "expect": {
+            "client": {"timer_restarted": {"TIME_WAIT": "150ms"}},
+            "server": {"listener": ["CLOSED", "LISTEN"], "reset_in": ["LAST_ACK"]}}},
     ],
 )  # fmt: skip
 def test_what_the_checker_allows_the_schema_allows(document: dict[str, Any]) -> None:
@@ -329,3 +333,96 @@ count = 1
         match=r"demo\.toml:\d+: expect\.segments\.without: unknown value 'resend'",
     ):
         scenario.parse(text.replace('"retransmit"]', '"resend"]'), "demo.toml")
+
+
+def _with_expect(table: str, lines: str) -> scenario.Scenario:
+    return scenario.parse(_toml(MINIMAL) + f"[expect.{table}]\n{lines}\n", "x.toml")
+
+
+def test_the_listener_states() -> None:
+    sc = _with_expect("server", 'listener = ["CLOSED", "LISTEN", "CLOSED"]')
+    listen = dataclasses.replace(state(1.0, "server", "CLOSED", "LISTEN"), conn="b:2")
+    closed = dataclasses.replace(state(2.0, "server", "LISTEN", "CLOSED"), conn="b:2")
+    # a connection's records are not the listener's
+    child = state(1.5, "server", "LISTEN", "SYN_RECV")
+    assert scenario.check(sc, [listen, child, closed], {}) == []
+    assert scenario.check(sc, [child, closed], {}) == [
+        "server: expected listener states CLOSED → LISTEN → CLOSED, saw CLOSED (b:2)"
+    ]
+    assert scenario.check(sc, [child], {}) == [
+        "server: expected listener states CLOSED → LISTEN → CLOSED, saw CLOSED"
+    ]
+    with pytest.raises(scenario.ScenarioError, match=r"x\.toml:6: expect\.server\.listener"):
+        _with_expect("server", 'listener = ["LISTENING"]')
+
+
+def _stop(ts: float, side: str, *remaining: dict[str, Any]) -> events.ObserverStop:
+    return events.ObserverStop(ts=ts, component=side, reason="deadline", remaining=remaining)
+
+
+def test_a_reset_ends_the_connection_in_a_state() -> None:
+    sc = _with_expect("server", 'reset_in = ["LAST_ACK"]')
+    start = [
+        state(1.0, "server", "CLOSED", "SYN_RECV"),
+        state(1.001, "server", "SYN_RECV", "ESTABLISHED"),
+        state(1.002, "server", "ESTABLISHED", "CLOSE_WAIT"),
+        state(1.003, "server", "CLOSE_WAIT", "LAST_ACK"),
+    ]
+    rst = seg(1.2, "c2s", ["rst"], flags="R")
+    # polled: the change happened in (seen_after, ts], the RST inside
+    closed = state(1.205, "server", "LAST_ACK", "CLOSED", seen_after=1.19)
+    assert scenario.check(sc, [*start, rst, closed], {}) == []
+    ack = seg(1.2, "c2s", ["last-ack"])
+    assert scenario.check(sc, [*start, ack, closed], {}) == [
+        "server: expected an RST to end the connection in LAST_ACK, none reached it before it "
+        "closed (t=+205.0 ms)"
+    ]
+    # an RST the middlebox dropped reached nobody
+    dropped = dataclasses.replace(rst, verdict="drop")
+    assert "none reached it" in scenario.check(sc, [*start, dropped, closed], {})[0]
+    # one that came after the connection had closed did not close it
+    late = dataclasses.replace(rst, ts=1.3)
+    assert "none reached it" in scenario.check(sc, [*start, closed, late], {})[0]
+    assert scenario.check(sc, start, {}) == [
+        "server: expected an RST to end the connection in LAST_ACK, it did not leave LAST_ACK"
+    ]
+    assert scenario.check(sc, start[:3], {}) == [
+        "server: expected an RST to end the connection in LAST_ACK, it was never in LAST_ACK"
+    ]
+
+
+def test_a_timer_that_restarts() -> None:
+    sc = _with_expect("client", 'timer_restarted = { TIME_WAIT = "150ms" }')
+    entered = [
+        state(1.0, "client", "CLOSED", "SYN_SENT"),
+        state(1.001, "client", "SYN_SENT", "ESTABLISHED"),
+        state(1.002, "client", "ESTABLISHED", "FIN_WAIT1"),
+        # the full socket hands over to a timewait socket (no timer in the
+        # trace record), then the poll reads the minisock's 60 s
+        state(1.003, "client", "FIN_WAIT1", "CLOSED", handed_to="timewait",
+              handed_state="TIME_WAIT"),
+        state(1.004, "client", "FIN_WAIT1", "TIME_WAIT", expires_ms=60000, timer="timewait"),
+    ]  # fmt: skip
+    conn = {"conn": "a:1-b:2", "state": "TIME_WAIT", "timer": "timewait"}
+    # 2 s later 58.2 s are left, not 58.0: the timer was re-armed 0.2 s in
+    restarted = _stop(3.004, "client", {**conn, "expires_ms": 58200})
+    assert scenario.check(sc, [*entered, restarted], {}) == []
+    ran_on = _stop(3.004, "client", {**conn, "expires_ms": 58000})
+    assert scenario.check(sc, [*entered, ran_on], {}) == [
+        "client: expected the TIME_WAIT timer to restart (to end at least 150 ms later than "
+        "its timer said when TIME_WAIT began), saw +0.0 ms"
+    ]
+    # seen to end: when it ended stands for the timer's end (never early)
+    expired = state(61.3, "client", "TIME_WAIT", "CLOSED", seen_after=61.295)
+    assert scenario.check(sc, [*entered, expired, _stop(61.4, "client")], {}) == []
+    killed = state(2.0, "client", "TIME_WAIT", "CLOSED", seen_after=1.995)
+    assert "saw -59009.0 ms" in scenario.check(sc, [*entered, killed], {})[0]
+    assert scenario.check(sc, [*entered, _stop(3.004, "client")], {}) == [
+        "client: expected the TIME_WAIT timer to restart, saw neither TIME_WAIT end nor its "
+        "timer at the end"
+    ]
+    assert scenario.check(sc, entered[:3], {}) == [
+        "client: expected the TIME_WAIT timer to restart, saw no TIME_WAIT timer"
+    ]
+    with pytest.raises(scenario.ScenarioError, match=r"expect\.client\.timer_restarted"):
+        _with_expect("client", 'timer_restarted = { TIME_WAIT = "soon" }')
