@@ -9,6 +9,7 @@ tcplab clean    remove what killed runs left behind
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 
@@ -22,7 +23,16 @@ from tcplab.cli.run import scenario_run
 __all__ = ["EXIT_USAGE", "build_parser", "main", "scenario_run"]
 
 
-def _terminate(_signum: int, _frame: object) -> None:
+_MAIN_PID = os.getpid()
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    """SIGTERM: unwind as Ctrl-C does, so the lab is torn down.  In a child this
+    process forked (pyroute2 forks one into a namespace) the handler is
+    inherited, but there is nothing to unwind: a lab's teardown stops every
+    process in its namespaces, that child too, and it leaves quietly."""
+    if os.getpid() != _MAIN_PID:
+        os._exit(128 + signum)
     raise KeyboardInterrupt
 
 
