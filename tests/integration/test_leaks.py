@@ -77,6 +77,21 @@ def our_traces() -> set[str]:
 
 
 @pytest.mark.slow
+def before_our_code(how: str, err: str) -> bool:
+    """Ctrl-C so early that the interpreter itself was still starting (its
+    own ``runpy``, ``site``, importlib): CPython prints that traceback before
+    any of tcplab's code runs, and nothing has been built yet (which the
+    checks after it confirm)."""
+    return (
+        how == "SIGINT"
+        and err.rstrip().endswith("KeyboardInterrupt")
+        and "/tcplab/" not in err
+        and "/daemons/" not in err
+        and "/proxy/" not in err
+        and "/core/" not in err
+    )
+
+
 def test_runs_stopped_at_random_moments_leave_nothing() -> None:
     seed = int(os.environ.get("TCPLAB_LEAK_SEED", str(int(time.time()))))
     rng = random.Random(seed)
@@ -102,7 +117,7 @@ def test_runs_stopped_at_random_moments_leave_nothing() -> None:
         _out, err = proc.communicate(timeout=60)
         counts[how] += 1
         where = f"run {i} ({how} at {at:.2f} s, seed {seed})"
-        assert "Traceback" not in err, f"{where}: {err}"
+        assert "Traceback" not in err or before_our_code(how, err), f"{where}: {err}"
         if how == "SIGKILL":
             deadline = time.monotonic() + 1.0
             while children_of(proc.pid) and time.monotonic() < deadline:
