@@ -15,6 +15,12 @@ the *close policy*:
 ``abort``     close with SO_LINGER 0: RST, no FIN, no TIME_WAIT.
 ``never``     keep the socket open until the client exits.
 
+``--keepalive-idle D``, ``--keepalive-interval D``, ``--keepalive-count N``
+(any of them) turn keepalive on: a silent server is probed, and after the last
+unanswered probe the kernel resets the connection and the blocked read
+fails with ETIMEDOUT.  ``--user-timeout D`` (TCP_USER_TIMEOUT) makes the
+kernel give up, also with ETIMEDOUT, on data unacknowledged that long.
+
 ``--count N`` connections, ``--concurrency M`` at a time.  Failures are
 reported with the errno name (ECONNREFUSED, ETIMEDOUT, ECONNRESET,
 EADDRNOTAVAIL…), and the exit status is 1 if any conversation failed.
@@ -95,8 +101,10 @@ class Client:
         host, port = self.args.connect
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         raw = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        set_timeouts(raw, self.args)
         sock = trio.socket.from_stdlib_socket(raw)
         keep = False
+        gone = False
         key: common.Key | None = None
         conn: str | None = None
         log = self.log
@@ -128,9 +136,12 @@ class Client:
             conn = events.conn_id(*key)
             self.observer.note(key)
             keep = await self._talk(sock, key, log, conn)
+        except ConversationError as exc:
+            gone = exc.op == "io" and closing.ends_connection(exc.how)
+            raise
         finally:
             if not keep:
-                self._close(sock, key, log, conn)
+                self._close(sock, key, log, conn, gone=gone)
 
     async def _connect(
         self, raw: socket.socket, address: tuple[str, int], number: int
@@ -212,7 +223,7 @@ class Client:
             raise ConversationError("recv", "EMSGSIZE", "reply line too long") from None
         except OSError as exc:
             name = common.errno_name(exc)
-            if closing.is_reset(name):
+            if closing.ends_connection(name):
                 self.observer.note(key, "reset")
             app_error(log, conn, "io", name, exc.strerror or str(exc))
             raise ConversationError("io", name, exc.strerror or str(exc)) from None
@@ -246,13 +257,31 @@ class Client:
         key: common.Key | None,
         log: Any,
         conn: str | None,
+        *,
+        gone: bool = False,
     ) -> None:
         if key is None:
             sock.close()
             return
-        close = closing.client_close(self.args.close)
+        close = closing.client_close(self.args.close, gone=gone)
         common.close_logged(sock, log, conn, close.how, abort=close.abort)
         self.observer.note(key, *close.facts)
+
+
+def set_timeouts(sock: socket.socket, args: ClientOptions) -> None:
+    """Keepalive (SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT) and
+    TCP_USER_TIMEOUT, as the options say, before connect()."""
+    if args.keepalive:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        if args.keepalive_idle is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, int(args.keepalive_idle))
+        if args.keepalive_interval is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, int(args.keepalive_interval))
+        if args.keepalive_count is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, args.keepalive_count)
+    if args.user_timeout is not None:
+        millis = round(args.user_timeout * 1000)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, millis)
 
 
 def parse_args(argv: list[str] | None) -> ClientOptions:

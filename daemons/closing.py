@@ -113,16 +113,21 @@ def at_eof(policy: ClosePolicy, *, farewell: bool) -> EofStep:
     return EofStep(not closes_at_once, says_farewell, "close")
 
 
-def server_close(policy: ClosePolicy, *, reset: bool) -> Close:
+def server_close(policy: ClosePolicy, *, reset: bool, unread: bool = False) -> Close:
     """The server closes its socket (for whatever reason: the policy, the
     client's FIN, an error); ``reset``: the connection was reset already, so
-    the kernel has closed it and close() sends nothing."""
+    the kernel has closed it and close() sends nothing; ``unread``: bytes
+    wait unread in its receive queue, so close() sends RST, not FIN."""
+    if unread and not reset:
+        return Close(abort=policy.kind == "abort", facts=("reset", "closed"))
     return _close(abort=policy.kind == "abort", reset=reset)
 
 
-def client_close(policy: str) -> Close:
-    """The client closes its socket at the end of a conversation."""
-    return _close(abort=policy == "abort", reset=False)
+def client_close(policy: str, *, gone: bool = False) -> Close:
+    """The client closes its socket at the end of a conversation; ``gone``:
+    the kernel had ended the connection already (an I/O error said so:
+    :func:`ends_connection`), so close() sends nothing."""
+    return _close(abort=policy == "abort", reset=gone)
 
 
 def _close(*, abort: bool, reset: bool) -> Close:
@@ -134,3 +139,11 @@ def _close(*, abort: bool, reset: bool) -> Close:
 def is_reset(errno_name: str) -> bool:
     """Whether an I/O error (by errno name) means the peer reset the connection."""
     return errno_name in RESET_ERRNOS
+
+
+def ends_connection(errno_name: str) -> bool:
+    """Whether an error from send() or recv() (by errno name) means the kernel
+    has ended the connection: the peer reset it, or the kernel gave up on
+    it (ETIMEDOUT: keepalive probes unanswered, TCP_USER_TIMEOUT, too many
+    retransmissions) and dropped it, with an RST or silently."""
+    return errno_name in RESET_ERRNOS or errno_name == "ETIMEDOUT"

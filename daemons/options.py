@@ -69,6 +69,52 @@ def netns_name(text: str) -> str:
     return text
 
 
+MAX_KEEPALIVE_S = 32767
+"""The kernel's limit for TCP_KEEPIDLE and TCP_KEEPINTVL (MAX_TCP_KEEPIDLE, seconds)."""
+MAX_KEEPALIVE_COUNT = 127
+"""The kernel's limit for TCP_KEEPCNT (MAX_TCP_KEEPCNT)."""
+MAX_USER_TIMEOUT_S = MAX_DURATION_S
+"""Longest TCP_USER_TIMEOUT accepted (a day; the kernel takes up to 2^31 - 1 ms)."""
+
+
+def keepalive_seconds(text: str) -> float:
+    """A keepalive time: whole seconds (the kernel counts them so), 1s to 32767s."""
+    seconds = parse_duration(text)
+    check_keepalive_seconds(seconds)
+    return seconds
+
+
+def check_keepalive_seconds(seconds: float) -> None:
+    if seconds != int(seconds) or not 1 <= seconds <= MAX_KEEPALIVE_S:
+        raise ValueError(
+            f"{format_duration(seconds)}: whole seconds from 1s to {MAX_KEEPALIVE_S}s "
+            "(the kernel counts keepalive times in seconds)"
+        )
+
+
+def probe_count(text: str) -> int:
+    """TCP_KEEPCNT: 1 to 127 probes."""
+    if not text.isdigit() or len(text) > 3 or not 1 <= int(text) <= MAX_KEEPALIVE_COUNT:
+        raise ValueError(f"not a number of probes from 1 to {MAX_KEEPALIVE_COUNT}: {text!r}")
+    return int(text)
+
+
+def whole_millis(text: str) -> float:
+    """TCP_USER_TIMEOUT: whole milliseconds, 1ms to a day."""
+    seconds = parse_duration(text)
+    check_user_timeout(seconds)
+    return seconds
+
+
+def check_user_timeout(seconds: float) -> None:
+    millis = seconds * 1000
+    if abs(millis - round(millis)) > 1e-6 or not 1 <= round(millis) <= MAX_USER_TIMEOUT_S * 1000:
+        raise ValueError(
+            f"{format_duration(seconds)}: whole milliseconds from 1ms to "
+            f"{format_duration(MAX_USER_TIMEOUT_S)}"
+        )
+
+
 def one_line(text: str) -> str:
     """A message: one line, so no newline in it."""
     if "\n" in text or "\r" in text:
@@ -173,6 +219,21 @@ class ServerOptions(CommonOptions):
         metavar="TEXT",
         help="send TEXT after the client's FIN, before closing",
     )
+    unread: float | None = option(
+        "--unread",
+        None,
+        parse=bounded_duration,
+        show=format_duration,
+        metavar="D",
+        help="read nothing the client sends: D after accepting, close the connection with "
+        "its data unread (Linux then sends RST, not FIN; RFC 2525 2.17)",
+    )
+    reuseaddr: bool = switch(
+        "--no-reuseaddr",
+        True,
+        help="do not set SO_REUSEADDR on the listener: bind() fails with EADDRINUSE while "
+        "a TIME_WAIT socket holds the port",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -207,12 +268,76 @@ class ClientOptions(CommonOptions):
         help="the whole exchange on one connection must end within D",
     )
     max_message: int = option("--max-message", 65536, parse=positive_int, metavar="BYTES")
+    keepalive_idle: float | None = option(
+        "--keepalive-idle",
+        None,
+        parse=keepalive_seconds,
+        show=format_duration,
+        metavar="D",
+        help="turn SO_KEEPALIVE on and send the first probe after D without a segment "
+        "from the server (TCP_KEEPIDLE; whole seconds; default: the namespace's "
+        "tcp_keepalive_time). Keepalive is off unless a --keepalive-* option is given",
+    )
+    keepalive_interval: float | None = option(
+        "--keepalive-interval",
+        None,
+        parse=keepalive_seconds,
+        show=format_duration,
+        metavar="D",
+        help="turn SO_KEEPALIVE on, D between unanswered probes (TCP_KEEPINTVL; whole "
+        "seconds; default: the namespace's tcp_keepalive_intvl)",
+    )
+    keepalive_count: int | None = option(
+        "--keepalive-count",
+        None,
+        parse=probe_count,
+        metavar="N",
+        help="turn SO_KEEPALIVE on, give up (ETIMEDOUT) after N unanswered probes "
+        "(TCP_KEEPCNT, 1 to 127; default: the namespace's tcp_keepalive_probes)",
+    )
+    user_timeout: float | None = option(
+        "--user-timeout",
+        None,
+        parse=whole_millis,
+        show=format_duration,
+        metavar="D",
+        help="give up (ETIMEDOUT) when sent data stays unacknowledged this long "
+        "(TCP_USER_TIMEOUT; whole milliseconds; default: the kernel's retries)",
+    )
 
     def __post_init__(self) -> None:
         if not self.send:
             raise ValueError("--send: at least one message")
         for text in self.send:
             one_line(text)
+        for flag, value in (
+            ("--keepalive-idle", self.keepalive_idle),
+            ("--keepalive-interval", self.keepalive_interval),
+        ):
+            if value is not None:
+                try:
+                    check_keepalive_seconds(value)
+                except ValueError as exc:
+                    raise ValueError(f"{flag}: {exc}") from None
+        if (
+            self.keepalive_count is not None
+            and not 1 <= self.keepalive_count <= MAX_KEEPALIVE_COUNT
+        ):
+            raise ValueError(f"--keepalive-count: not from 1 to {MAX_KEEPALIVE_COUNT}")
+        if self.user_timeout is not None:
+            try:
+                check_user_timeout(self.user_timeout)
+            except ValueError as exc:
+                raise ValueError(f"--user-timeout: {exc}") from None
+
+    @property
+    def keepalive(self) -> bool:
+        """Whether SO_KEEPALIVE is on: any ``--keepalive-*`` option turns it on."""
+        return (
+            self.keepalive_idle is not None
+            or self.keepalive_interval is not None
+            or self.keepalive_count is not None
+        )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -20,6 +20,12 @@ How the server ends a connection is its *close policy*:
 ``--farewell TEXT`` sends TEXT after the client's FIN and before closing:
 data flowing from CLOSE_WAIT, the reason a teardown needs four segments.
 
+``--unread D`` reads nothing: D after accepting, the server closes with the
+client's bytes still in its receive queue, and Linux answers that close()
+with RST instead of FIN (RFC 2525 §2.17).  ``--no-reuseaddr`` leaves
+SO_REUSEADDR off the listener, so a restart fails with EADDRINUSE while a
+TIME_WAIT socket holds the port.
+
 The server survives clients that reset, vanish (``--idle-timeout``) or send
 garbage (lines over ``--max-message`` bytes end the connection with an
 ``app_error``).  The observer runs beside it for the listening port
@@ -63,6 +69,7 @@ class Server:
         self.leaked: list[tuple[socket.socket, common.Key]] = []
         self.handled = 0
         self.done = trio.Event()
+        self.listener: socket.socket | None = None
         host, port = args.listen
         self.observer: Observer | None = None
         if getattr(args, "observer", True):
@@ -78,13 +85,15 @@ class Server:
         """The connections the ``never`` policy kept open."""
         return list(self.leaked)
 
-    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    def bind(self) -> bool:
+        """The listening socket, bound (SO_REUSEADDR first, unless
+        ``--no-reuseaddr``); False, with an ``app_error``, if bind() failed."""
         host, port = self.args.listen
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.socket(family, socket.SOCK_STREAM)
         listener.setblocking(False)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        local = events.endpoint(host, port)
+        if self.args.reuseaddr:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         started = time.time()
         try:
             listener.bind((host, port))
@@ -96,12 +105,20 @@ class Server:
                     kind=events.APP_ERROR,
                     ts=started,
                     op="bind",
-                    local=local,
+                    local=events.endpoint(host, port),
                     how=common.errno_name(exc),
                     detail=str(exc),
                 ),
             )
-            raise SystemExit(1) from None
+            return False
+        self.listener = listener
+        return True
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = self.listener
+        if listener is None:
+            raise RuntimeError("serve() before bind()")
+        local = events.endpoint(*self.args.listen)
         backlog = self.args.backlog or common.default_backlog()
         common.call_logged(
             self.log,
@@ -194,6 +211,10 @@ class Server:
         closes first (False).  Every read pushes the ``idle`` deadline on."""
         log = self.log
         policy = self.policy
+        if self.args.unread is not None:
+            # read nothing: what the client sends stays in the receive queue
+            await trio.sleep(self.args.unread)
+            return False
         first = closing.at_accept(policy)
         if first == "close":
             return False
@@ -259,9 +280,18 @@ class Server:
     ) -> None:
         """Close (abortively under ``abort``); after a reset the kernel has
         closed the connection already, and close() sends nothing."""
-        close = closing.server_close(self.policy, reset=reset)
+        close = closing.server_close(self.policy, reset=reset, unread=self._unread(sock))
         common.close_logged(sock, log, conn, close.how, abort=close.abort)
         self._note(key, *close.facts)
+
+    def _unread(self, sock: socket.socket) -> bool:
+        """Under ``--unread``: whether bytes wait unread (close() then resets)."""
+        if self.args.unread is None:
+            return False
+        try:
+            return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except OSError:
+            return False
 
 
 ACCEPT_PAUSE_S = 0.1
@@ -296,6 +326,10 @@ def parse_args(argv: list[str] | None) -> ServerOptions:
 
 async def amain(args: ServerOptions, log: Any) -> int:
     server = Server(args, log)
+    if not server.bind():
+        # nothing was opened, so there is nothing to observe
+        emit(log, DaemonDone(ts=time.time(), status="failed", connections=0))
+        return 1
 
     async def work() -> None:
         async with trio.open_nursery() as nursery:

@@ -72,6 +72,19 @@ class RunOptions:
     ``/run/tcplab/<lab>.proxy.sock``)."""
     trace: bool = True
     """Ask the observers to read the kernel's tracepoints too."""
+    unread: float | None = None
+    """The server reads nothing and closes this long after accepting (None: it echoes)."""
+    reuseaddr: bool = True
+    """The server sets SO_REUSEADDR on its listener."""
+    restart: bool = False
+    """Once the server has exited, start it again (the same options) and
+    stop it once it is listening: whether it can bind its port again."""
+    keepalive_idle: float | None = None
+    """The client turns keepalive on with this TCP_KEEPIDLE (None: off)."""
+    keepalive_interval: float | None = None
+    keepalive_count: int | None = None
+    user_timeout: float | None = None
+    """The client's TCP_USER_TIMEOUT (None: not set)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -82,6 +95,7 @@ class RunResult:
     order it logged them (:meth:`by_time` sorts)."""
     client_status: int | None
     server_status: int | None
+    """The server's exit status; in a run that restarts it, the restarted server's."""
     proxy_status: int | None
     stray: list[str]
     """Lines from the daemons that were not events (tracebacks, warnings)."""
@@ -138,6 +152,8 @@ def server_options(
         observe_interval=opts.observe_interval,
         farewell=opts.farewell,
         trace=trace if opts.trace else None,
+        unread=opts.unread,
+        reuseaddr=opts.reuseaddr,
     )
     if opts.idle_timeout is not None:
         server = dataclasses.replace(server, idle_timeout=opts.idle_timeout)
@@ -159,6 +175,10 @@ def client_options(
         observe_for=opts.observe_for,
         observe_interval=opts.observe_interval,
         trace=trace if opts.trace else None,
+        keepalive_idle=opts.keepalive_idle,
+        keepalive_interval=opts.keepalive_interval,
+        keepalive_count=opts.keepalive_count,
+        user_timeout=opts.user_timeout,
     )
     if opts.connect_timeout is not None:
         client = dataclasses.replace(client, connect_timeout=opts.connect_timeout)
@@ -210,6 +230,7 @@ class _Run:
         self.opts = opts
         self.lines = Gatherer(on_event, window)
         self.server: Daemon | None = None
+        self.restarted: Daemon | None = None
         self.client: Daemon | None = None
         self.proxy: Daemon | None = None
 
@@ -249,6 +270,25 @@ class _Run:
             await self.stop_server(server)
         if not server.exited.is_set():
             server.proc.kill()
+        if self.opts.restart and server.ready.is_set():
+            await self.restart_server(nursery)
+
+    async def restart_server(self, nursery: trio.Nursery) -> None:
+        """The server again, with the same options, once the first has
+        exited: it binds its port or fails (EADDRINUSE); if it comes up it
+        is stopped at once.  It runs without an observer: the sockets of the
+        port are the first server's, and its report of them stands."""
+        again_opts = dataclasses.replace(
+            lab_server_options(self.lab, self.opts), observer=False, trace=None
+        )
+        argv = daemon_argv("daemons.server", again_opts)
+        self.restarted = again = await start_daemon("server", argv, nursery, self.lines)
+        with trio.fail_after(READY_TIMEOUT_S):
+            await first_of(again.ready, again.exited)
+        if not again.exited.is_set():
+            again.proc.send_signal(signal.SIGTERM)
+            with trio.move_on_after(5):
+                await again.exited.wait()
 
     async def stop_server(self, server: Daemon) -> None:
         # The server exits by itself once its sockets are gone or its
@@ -268,17 +308,18 @@ class _Run:
 
     def kill_all(self) -> None:
         """Whatever is still running, on every way out."""
-        for handle in (self.client, self.server, self.proxy):
+        for handle in (self.client, self.server, self.restarted, self.proxy):
             if handle is not None and handle.proc.returncode is None:
                 handle.proc.kill()
 
     def result(self) -> RunResult:
+        server = self.restarted or self.server
         return RunResult(
             lab_id=self.lab.lab_id,
             lab=self.lab,
             records=self.lines.records,
             client_status=self.client.proc.returncode if self.client else None,
-            server_status=self.server.proc.returncode if self.server else None,
+            server_status=server.proc.returncode if server else None,
             proxy_status=self.proxy.proc.returncode if self.proxy else None,
             stray=self.lines.stray,
         )
@@ -340,6 +381,13 @@ def scenario_options(sc: Scenario, *, pace: float | None = None) -> RunOptions:
         idle_timeout=server.get("idle_timeout"),
         connect_timeout=client.get("connect_timeout"),
         proxy=sc.proxy_options(pace=pace),
+        unread=server.get("unread"),
+        reuseaddr=bool(server.get("reuseaddr", True)),
+        restart=bool(server.get("restart", False)),
+        keepalive_idle=client.get("keepalive_idle"),
+        keepalive_interval=client.get("keepalive_interval"),
+        keepalive_count=client.get("keepalive_count"),
+        user_timeout=client.get("user_timeout"),
     )
 
 

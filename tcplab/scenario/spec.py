@@ -16,6 +16,9 @@ A scenario is a TOML file::
     close = "immediate"      # immediate | linger:D | never | abort | first[:N] | half[:N]
     farewell = "bye"         # optional
     port = 7007              # where it listens (the client connects to [client] port)
+    unread = "300ms"         # read nothing; close this long after accepting (RST)
+    reuseaddr = true         # SO_REUSEADDR on the listener
+    restart = false          # once it has exited, start it again (and stop it)
 
     [client]
     close = "active"         # active | shutdown | passive | abort | never
@@ -24,6 +27,10 @@ A scenario is a TOML file::
     concurrency = 1
     port = 7007
     connect_timeout = "10s"
+    keepalive_idle = "1s"    # SO_KEEPALIVE and TCP_KEEPIDLE (whole seconds)
+    keepalive_interval = "1s"  # TCP_KEEPINTVL
+    keepalive_count = 3      # TCP_KEEPCNT
+    user_timeout = "2s"      # TCP_USER_TIMEOUT
 
     [proxy]
     pace = "100ms"           # optional
@@ -124,10 +131,15 @@ class Field:
     required: tuple[str, ...] = ()
     hint: str | None = None
     """What to say when a string does not match ``pattern``."""
+    step: float | None = None
+    """A duration must be a whole number of this many seconds (the kernel
+    takes keepalive times in seconds, TCP_USER_TIMEOUT in milliseconds)."""
 
 
-def _duration(description: str, minimum: float = 0.0, maximum: float = HOUR) -> Field:
-    return Field("duration", description, minimum=minimum, maximum=maximum)
+def _duration(
+    description: str, minimum: float = 0.0, maximum: float = HOUR, step: float | None = None
+) -> Field:
+    return Field("duration", description, minimum=minimum, maximum=maximum, step=step)
 
 
 ONE_LINE = r"^[^\r\n]*$"
@@ -139,6 +151,9 @@ SERVER = {
                       max_length=1024),
     "port": Field("int", "listening port", minimum=1, maximum=65535),
     "idle_timeout": _duration("per-connection idle timeout", minimum=0.001),
+    "unread": _duration("read nothing; close this long after accepting (RST: data unread)"),
+    "reuseaddr": Field("bool", "set SO_REUSEADDR on the listener (default true)"),
+    "restart": Field("bool", "once the server has exited, start it again and stop it"),
 }  # fmt: skip
 CLIENT = {
     "close": Field("choice", " | ".join(CLIENT_POLICIES), choices=CLIENT_POLICIES),
@@ -149,6 +164,14 @@ CLIENT = {
     "port": Field("int", "port to connect to", minimum=1, maximum=65535),
     "connect_timeout": _duration("give up connecting after", minimum=0.001),
     "ipv6": Field("bool", "talk over IPv6"),
+    "keepalive_idle": _duration("SO_KEEPALIVE on; TCP_KEEPIDLE (whole seconds)", minimum=1.0,
+                                maximum=32767.0, step=1.0),
+    "keepalive_interval": _duration("SO_KEEPALIVE on; TCP_KEEPINTVL (whole seconds)",
+                                    minimum=1.0, maximum=32767.0, step=1.0),
+    "keepalive_count": Field("int", "SO_KEEPALIVE on; TCP_KEEPCNT: unanswered probes",
+                             minimum=1, maximum=127),
+    "user_timeout": _duration("TCP_USER_TIMEOUT (whole milliseconds)", minimum=0.001,
+                              maximum=86400.0, step=0.001),
 }  # fmt: skip
 RULE = {
     "action": Field("choice", "what to do", choices=rulesmod.ACTIONS),

@@ -138,6 +138,10 @@ class Value:
         high = self.field.maximum if self.field.maximum is not None else HOUR
         if not low <= seconds <= high:
             raise self.bad(f"a duration from {format_duration(low)} to {format_duration(high)}")
+        step = self.field.step
+        if step is not None and abs(seconds / step - round(seconds / step)) > 1e-6:
+            units = {1.0: "seconds", 0.001: "milliseconds"}.get(step, format_duration(step))
+            raise self.bad(f"a duration in whole {units}")
         return seconds
 
     def items(self, v: Any, what: str) -> list[Any]:

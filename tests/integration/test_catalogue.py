@@ -54,8 +54,9 @@ async def test_a_failed_expectation_fails_verify(tmp_path: object) -> None:
     assert "0/1 scenarios held every expectation" in report
 
 
-WITHOUT_WHAT_THEY_SHOW = [
-    # (scenario, the text taken out of it, what verify must then say)
+WITHOUT_WHAT_THEY_SHOW: list[tuple[str, str | tuple[str, str], list[str]]] = [
+    # (scenario, the text taken out of it (or (text, what replaces it)), what verify
+    # must then say)
     (
         "no-time-wait",
         'cli = { "net.ipv4.tcp_max_tw_buckets" = "0" }\n',
@@ -90,6 +91,40 @@ WITHOUT_WHAT_THEY_SHOW = [
         '[[proxy.rules]]\naction = "drop"\ntag = "last-ack"\nnth = 1\n',
         ["client: expected the TIME_WAIT timer to restart"],
     ),
+    (
+        "close-with-unread-data",
+        'unread = "300ms"\n',
+        [
+            "client: expected errors ECONNRESET, saw none",
+            "segments: expected server rst pass",
+        ],
+    ),
+    (
+        "server-restart-eaddrinuse",
+        "reuseaddr = false\n",
+        [
+            "server: expected exit status 1, saw 0",
+            "server: expected errors EADDRINUSE, saw none",
+        ],
+    ),
+    (
+        "server-restart-reuseaddr",
+        ("reuseaddr = true", "reuseaddr = false"),
+        ["server: expected exit status 0, saw 1"],
+    ),
+    (
+        "keepalive-dead-peer",
+        'keepalive_idle = "1s"\nkeepalive_interval = "1s"\nkeepalive_count = 3\n',
+        [
+            "client: expected errors ETIMEDOUT, saw none",
+            "segments: expected client rst after",
+        ],
+    ),
+    (
+        "user-timeout",
+        'user_timeout = "2s"\n',
+        ["client: expected errors ETIMEDOUT, saw none"],
+    ),
 ]
 
 
@@ -99,17 +134,18 @@ WITHOUT_WHAT_THEY_SHOW = [
     ids=[w[0] for w in WITHOUT_WHAT_THEY_SHOW],
 )
 async def test_without_what_it_shows_a_scenario_fails(
-    tmp_path: object, name: str, removed: str, messages: list[str]
+    tmp_path: object, name: str, removed: str | tuple[str, str], messages: list[str]
 ) -> None:
     """A scenario's expectations fail when what it demonstrates is taken out
     of it (the sysctl, the lost segment): they check the behaviour, not just
     a run that went through."""
     from pathlib import Path
 
+    old, new = removed if isinstance(removed, tuple) else (removed, "")
     text = (scenario.CATALOGUE / f"{name}.toml").read_text()
-    assert text.count(removed) == 1
+    assert text.count(old) == 1
     altered = Path(str(tmp_path)) / f"{name}.toml"
-    altered.write_text(text.replace(removed, ""))
+    altered.write_text(text.replace(old, new))
     with trio.fail_after(120):
         proc = await trio.run_process(
             [sys.executable, "-m", "tcplab.cli", "verify", str(altered)],

@@ -12,6 +12,7 @@ from daemons.closing import (
     at_accept,
     at_eof,
     client_close,
+    ends_connection,
     is_reset,
     on_line,
     server_close,
@@ -135,6 +136,27 @@ def test_the_clients_close(policy: str) -> None:
 def test_a_reset_by_its_errno() -> None:
     assert is_reset("ECONNRESET") and is_reset("EPIPE")
     assert not is_reset("ETIMEDOUT") and not is_reset("EMSGSIZE")
+
+
+def test_a_connection_the_kernel_ended_by_its_errno() -> None:
+    assert all(ends_connection(name) for name in ("ECONNRESET", "EPIPE", "ETIMEDOUT"))
+    assert not ends_connection("EMSGSIZE") and not ends_connection("EAGAIN")
+
+
+@pytest.mark.parametrize("policy", CLIENT_POLICIES)
+def test_the_clients_close_after_the_kernel_ended_the_connection(policy: str) -> None:
+    # keepalive or TCP_USER_TIMEOUT gave up, or an RST came: close() sends no FIN
+    close = client_close(policy, gone=True)
+    assert close == Close(abort=policy == "abort", facts=("reset", "closed"))
+
+
+def test_the_servers_close_with_data_unread_resets() -> None:
+    # RFC 2525 2.17: close() with unread data sends RST, not FIN
+    close = server_close(ClosePolicy.parse("immediate"), reset=False, unread=True)
+    assert close == Close(abort=False, facts=("reset", "closed"))
+    assert server_close(ClosePolicy.parse("immediate"), reset=True, unread=True) == Close(
+        abort=False, facts=("reset", "closed")
+    )
 
 
 @given(st.sampled_from(["first", "half"]), st.integers(0, 20), st.integers(0, 20))

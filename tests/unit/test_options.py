@@ -32,6 +32,7 @@ durations = st.builds(
     st.sampled_from(["us", "ms", "s"]),
 ).filter(lambda s: s <= 3600)
 counts = st.integers(1, 1_000_000)
+keepalive_times = st.integers(1, 32767).map(float)
 endpoints = st.tuples(
     st.ip_addresses(v=4).map(str) | st.ip_addresses(v=6).map(str), st.integers(1, 65535)
 )
@@ -83,6 +84,8 @@ STRATEGIES: dict[type, dict[str, Any]] = {
         "backlog": st.none() | counts,
         "observer": st.booleans(),
         "farewell": st.none() | one_line,
+        "unread": st.none() | durations,
+        "reuseaddr": st.booleans(),
     },
     ClientOptions: {
         **COMMON,
@@ -94,6 +97,10 @@ STRATEGIES: dict[type, dict[str, Any]] = {
         "connect_timeout": durations,
         "reply_timeout": durations,
         "max_message": counts,
+        "keepalive_idle": st.none() | keepalive_times,
+        "keepalive_interval": st.none() | keepalive_times,
+        "keepalive_count": st.none() | st.integers(1, 127),
+        "user_timeout": st.none() | st.integers(1, 86_400_000).map(lambda ms: ms / 1000),
     },
     WatchOptions: {
         "netns": names,
@@ -167,6 +174,12 @@ def test_rules_keep_their_order_across_actions() -> None:
         (ServerOptions, ["--netns", "a/b"], "bad network namespace name"),
         (ProxyOptions, ["--drop", "synack@1"], "did you mean 'syn-ack'"),
         (ProxyOptions, ["--pace", "2h"], "longer than 3600s"),
+        (ServerOptions, ["--unread", "2"], "add a unit"),
+        (ClientOptions, ["--keepalive-idle", "1500ms"], "--keepalive-idle: 1500ms: whole seconds"),
+        (ClientOptions, ["--keepalive-interval", "0s"], "whole seconds from 1s to 32767s"),
+        (ClientOptions, ["--keepalive-count", "128"], "--keepalive-count: not a number of probes"),
+        (ClientOptions, ["--user-timeout", "0ms"], "--user-timeout: 0s: whole milliseconds"),
+        (ClientOptions, ["--user-timeout", "1500us"], "whole milliseconds"),
     ],
 )
 def test_a_bad_option_is_named(
@@ -183,3 +196,15 @@ def test_a_value_no_daemon_accepts_is_refused_where_it_is_built() -> None:
         ClientOptions(send=("a\nb",))
     with pytest.raises(ValueError, match="at least one message"):
         ClientOptions(send=())
+    with pytest.raises(ValueError, match=r"--keepalive-idle: .*whole seconds"):
+        ClientOptions(keepalive_idle=1.5)
+    with pytest.raises(ValueError, match="--keepalive-count: not from 1 to 127"):
+        ClientOptions(keepalive_count=0)
+    with pytest.raises(ValueError, match=r"--user-timeout: .*whole milliseconds"):
+        ClientOptions(user_timeout=0.0005)
+
+
+def test_any_keepalive_option_turns_keepalive_on() -> None:
+    assert not ClientOptions().keepalive
+    assert ClientOptions(keepalive_count=3).keepalive
+    assert ClientOptions(keepalive_idle=1.0).keepalive

@@ -115,6 +115,29 @@ def test_conversation_options_given_replace_the_scenarios(
     assert check(server, client)
 
 
+@pytest.mark.parametrize(
+    ("name", "check"),
+    [
+        ("close-with-unread-data", lambda o, s, c: s.unread == 0.3 and s.reuseaddr),
+        ("server-restart-eaddrinuse", lambda o, s, c: o.restart and not s.reuseaddr),
+        ("server-restart-reuseaddr", lambda o, s, c: o.restart and s.reuseaddr),
+        (
+            "keepalive-dead-peer",
+            lambda o, s, c: (
+                c.keepalive
+                and (c.keepalive_idle, c.keepalive_interval, c.keepalive_count) == (1.0, 1.0, 3)
+            ),
+        ),
+        ("user-timeout", lambda o, s, c: c.user_timeout == 2.0 and not c.keepalive),
+        ("handshake-and-teardown", lambda o, s, c: not o.restart and s.unread is None),
+    ],
+)
+def test_a_scenarios_socket_options_reach_the_daemons(name: str, check: Any) -> None:
+    _sc, opts, _spec = scenario_run(name=name)
+    server, client, _proxy = daemons(opts)
+    assert check(opts, server, client)
+
+
 def test_ipv6_given_moves_the_run_to_ipv6() -> None:
     _sc, opts, _spec = scenario_run("--ipv6")
     server, client, _proxy = daemons(opts)

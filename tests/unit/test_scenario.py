@@ -108,6 +108,36 @@ def test_each_mistake_is_named(change: tuple[str, str], message: str) -> None:
         scenario.parse(GOOD.replace(old, new, 1), "demo.toml")
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        (
+            'keepalive_idle = "1500ms"',
+            r"client\.keepalive_idle: expected a duration in whole seconds",
+        ),
+        ('keepalive_interval = "0s"', r"client\.keepalive_interval: expected a duration from 1s"),
+        ("keepalive_count = 128", r"client\.keepalive_count: expected a whole number, 1 to 127"),
+        ('user_timeout = "1500us"', r"client\.user_timeout: expected a duration in whole milli"),
+    ],
+)
+def test_a_socket_option_the_kernel_would_not_take_is_named(line: str, message: str) -> None:
+    with pytest.raises(scenario.ScenarioError, match=message):
+        scenario.parse(GOOD.replace("[server]", f"[client]\n{line}\n\n[server]", 1), "demo.toml")
+
+
+def test_the_socket_options_parse() -> None:
+    text = GOOD.replace(
+        "[server]",
+        '[client]\nkeepalive_idle = "2s"\nkeepalive_count = 4\nuser_timeout = "1500ms"\n\n'
+        '[server]\nunread = "100ms"\nreuseaddr = false\nrestart = true',
+        1,
+    )
+    sc = scenario.parse(text, "demo.toml")
+    assert (sc.client["keepalive_idle"], sc.client["keepalive_count"]) == (2.0, 4)
+    assert sc.client["user_timeout"] == 1.5
+    assert (sc.server["unread"], sc.server["reuseaddr"], sc.server["restart"]) == (0.1, False, True)
+
+
 def test_sysctls_only_net_and_known_sides() -> None:
     bad = GOOD + '\n[lab.sysctls]\ncli = { "kernel.pid_max" = "1" }\n'
     with pytest.raises(scenario.ScenarioError, match=r"only net\.\* sysctls"):
