@@ -56,18 +56,53 @@ def _error(exc: api.ApiError) -> JSONResponse:
     return JSONResponse(exc.as_body(), status_code=exc.status)
 
 
+MAX_BATCH = 512
+"""Messages sent in one write: a burst goes out in a few writes, not one
+write (and one wake-up of the page) each."""
+
+
+def coalesce(batch: list[Any]) -> list[Any]:
+    """A batch without the side tables a later one in it replaces (a burst
+    of state changes rewrites each side's table many times over)."""
+    last: dict[Any, int] = {}
+    for i, message in enumerate(batch):
+        if isinstance(message, dict) and message.get("type") == "sockets":
+            last[message.get("side")] = i
+    return [
+        m
+        for i, m in enumerate(batch)
+        if not (isinstance(m, dict) and m.get("type") == "sockets" and last[m.get("side")] != i)
+    ]
+
+
+def encode_events(batch: list[Any]) -> bytes:
+    """Server-sent events, one ``data:`` line each."""
+    return "".join(
+        f"data: {json.dumps(m, ensure_ascii=False, separators=(',', ':'))}\n\n" for m in batch
+    ).encode()
+
+
 async def _sse(board: Board, hub_name: str, first: list[Any]) -> AsyncIterator[bytes]:
     hub = board.pages if hub_name == "pages" else board.records
     yield b": tcplab board\n\n"
     async with hub.listen(first) as messages:
         while True:
             with trio.move_on_after(HEARTBEAT_S) as quiet:
-                message = await messages.receive()
+                try:
+                    batch = [await messages.receive()]
+                except trio.EndOfChannel:
+                    # cut off for falling behind: the page reconnects and
+                    # its replay gives it the present
+                    return
             if quiet.cancelled_caught:
                 yield b": still here\n\n"
                 continue
-            data = json.dumps(message, ensure_ascii=False, separators=(",", ":"))
-            yield f"data: {data}\n\n".encode()
+            while len(batch) < MAX_BATCH:
+                try:
+                    batch.append(messages.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            yield encode_events(coalesce(batch))
 
 
 class Routes:

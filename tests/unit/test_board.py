@@ -17,7 +17,7 @@ from core import events
 from core.events import Record, TcpState
 from tcplab import causality
 from tcplab.board import api, serve
-from tcplab.board.app import _sse, make_app
+from tcplab.board.app import _sse, coalesce, make_app
 from tcplab.board.hub import Hub
 from tcplab.board.model import BoardModel
 from tcplab.board.service import Board
@@ -251,14 +251,16 @@ async def test_the_stream_replays_then_goes_on_live() -> None:
 
     async def more(stream: Any) -> None:
         chunk = await stream.__anext__()
-        got.append(json.loads(chunk.decode()[len("data: ") :]))
+        for event in chunk.decode().split("\n\n"):
+            if event.startswith("data: "):
+                got.append(json.loads(event[len("data: ") :]))
 
     with trio.fail_after(5):
         stream = _sse(board, "pages", replay)
         assert (await stream.__anext__()).startswith(b":")
-        for _ in replay:
+        while len(got) < len(coalesce(replay)):
             await more(stream)
-        assert got == replay
+        assert got == coalesce(replay)
         # what comes after the replay is live
         for placed in ordered[10:]:
             board.placed(placed)
@@ -279,3 +281,13 @@ async def test_a_listener_that_falls_behind_is_cut_off_not_queued_for() -> None:
         assert received == [0, 1, 2, 3]
         with pytest.raises(trio.EndOfChannel):
             await slow.receive()
+
+
+def test_a_burst_keeps_only_each_sides_last_table() -> None:
+    batch = [
+        {"type": "sockets", "side": "client", "sockets": [1]},
+        {"type": "row", "n": 0},
+        {"type": "sockets", "side": "server", "sockets": []},
+        {"type": "sockets", "side": "client", "sockets": [1, 2]},
+    ]
+    assert coalesce(batch) == batch[1:]
