@@ -26,6 +26,9 @@ from tcplab import topology
 from tests.integration.conftest import descends_from_us, lab_leftovers, ours
 
 TCPLAB = [sys.executable, "-m", "tcplab.entry"]
+CHILDREN_END_S = 20.0
+"""How long a killed run's children may take to end (a deadline, not a
+measure: the test reports how many took more than a second)."""
 RUNS = 20
 
 
@@ -119,12 +122,19 @@ def test_runs_stopped_at_random_moments_leave_nothing() -> None:
         where = f"run {i} ({how} at {at:.2f} s, seed {seed})"
         assert "Traceback" not in err or before_our_code(how, err), f"{where}: {err}"
         if how == "SIGKILL":
-            deadline = time.monotonic() + 1.0
-            while children_of(proc.pid) and time.monotonic() < deadline:
+            # its children get SIGTERM as it dies (PR_SET_PDEATHSIG) and end
+            # in order, flushing their lines: quick, but a loaded machine may
+            # take longer than a second; they must end, and how many were
+            # still there after one second is reported
+            killed = time.monotonic()
+            late = False
+            while children_of(proc.pid) and time.monotonic() < killed + CHILDREN_END_S:
+                if not late and time.monotonic() > killed + 1.0:
+                    late = True
+                    late_children += len(children_of(proc.pid))
                 time.sleep(0.02)
             left = children_of(proc.pid)
-            late_children += len(left)
-            assert left == [], f"{where}: processes of the killed run still alive after 1 s"
+            assert left == [], f"{where}: processes of the killed run alive {CHILDREN_END_S} s on"
         else:
             # -SIGINT: Ctrl-C before the interpreter had its handler (a loaded
             # machine can take longer than `at` to start Python): nothing
