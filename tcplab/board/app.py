@@ -22,6 +22,7 @@ The API, shaped like toxiproxy's:
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 from collections.abc import AsyncIterator
@@ -50,6 +51,21 @@ def authorised(request: Request, token: str) -> bool:
     if header.lower().startswith("bearer "):
         given = header[7:].strip()
     return bool(given) and hmac.compare_digest(given.encode(), token.encode())
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    """The request's JSON object, read no further than :data:`api.MAX_BODY`
+    (a bigger body is refused as it arrives, not after it is all in memory)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > api.MAX_BODY:
+        raise api.ApiError(413, None, f"the body is {declared} bytes; at most {api.MAX_BODY}")
+    raw = bytearray()
+    async with contextlib.aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            raw += chunk
+            if len(raw) > api.MAX_BODY:
+                raise api.ApiError(413, None, f"the body is over {api.MAX_BODY} bytes")
+    return api.parse_body(bytes(raw))
 
 
 def _error(exc: api.ApiError) -> JSONResponse:
@@ -148,7 +164,7 @@ class Routes:
 
     async def rules_add(self, request: Request) -> Response:
         try:
-            payload, _rule = api.add_request(api.parse_body(await request.body()))
+            payload, _rule = api.add_request(await _body(request))
             answer = await self.backend_call(payload, "rule" if "rule" in payload else "table")
         except api.ApiError as exc:
             return _error(exc)
@@ -164,14 +180,14 @@ class Routes:
 
     async def release(self, request: Request) -> Response:
         try:
-            payload = api.release_request(api.parse_body(await request.body()))
+            payload = api.release_request(await _body(request))
             return JSONResponse(await self.backend_call(payload, "rule"))
         except api.ApiError as exc:
             return _error(exc)
 
     async def pace(self, request: Request) -> Response:
         try:
-            payload = api.pace_request(api.parse_body(await request.body()))
+            payload = api.pace_request(await _body(request))
             return JSONResponse(await self.backend_call(payload, "value"))
         except api.ApiError as exc:
             return _error(exc)
@@ -201,7 +217,7 @@ class Routes:
 
     async def run(self, request: Request) -> Response:
         try:
-            body = api.parse_body(await request.body())
+            body = await _body(request)
             name = body.get("scenario")
             if not isinstance(name, str) or not name:
                 raise api.ApiError(400, "scenario", "'scenario' (a catalogue name) is required")

@@ -229,6 +229,8 @@ async def test_the_api_goes_to_the_middlebox_and_names_what_was_wrong() -> None:
         assert added.status_code == 201 and added.json() == {"name": "drop-server:syn-ack@1"}
         bad = await client.post("/api/rules", json={"action": "drop", "rule": "nope"}, headers=auth)
         assert bad.status_code == 422 and bad.json()["field"] == "rule"
+        huge = await client.post("/api/rules", content=b"x" * (api.MAX_BODY * 4), headers=auth)
+        assert huge.status_code == 413
         gone = await client.delete("/api/rules/x", headers=auth)
         assert gone.status_code == 404 and "no rule named" in gone.json()["error"]
         counters = await client.get("/api/counters", headers=auth)
