@@ -12,6 +12,7 @@ records on in causal order.
 
 from __future__ import annotations
 
+import math
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import trio
 from core import events
 from core.events import DaemonReady, Record
 from core.proc import child_env as proc_child_env
+from tcplab import causality
 from tcplab.causality import Placed
 from tcplab.transcript import REORDER_WINDOW_S, Merger
 
@@ -34,6 +36,37 @@ class Daemon:
         self.proc = proc
         self.ready = trio.Event()
         self.exited = trio.Event()
+
+
+class DueTimer:
+    """Sleeps until a :class:`Merger`'s oldest record is due, and no longer:
+    a record pushed meanwhile that is due sooner (one from another process
+    with an earlier ``ts``) wakes it early.  A fixed tick would add up to a
+    tick to every record's wait; this adds nothing."""
+
+    IDLE_S = 1.0
+    """With nothing held, how long one :meth:`wait` lasts at most."""
+
+    def __init__(self, merger: Merger) -> None:
+        self.merger = merger
+        self._until = math.inf
+        self._sooner = trio.Event()
+
+    def pushed(self, record: Record) -> None:
+        """``record`` was just pushed to the merger."""
+        if causality.position(record) + self.merger.window < self._until:
+            self._sooner.set()
+
+    async def wait(self) -> None:
+        """Return once something may be due (or after :data:`IDLE_S`)."""
+        due = self.merger.next_due()
+        self._until = math.inf if due is None else due
+        self._sooner = trio.Event()
+        delay = self.IDLE_S if due is None else due - time.time()
+        if delay > 0:
+            with trio.move_on_after(delay):
+                await self._sooner.wait()
+        self._until = -math.inf  # not sleeping: no push needs to wake it
 
 
 class Gatherer:
@@ -51,6 +84,7 @@ class Gatherer:
         self.records: list[Record] = []
         self.stray: list[str] = []
         self.merger = Merger(window)
+        self.timer = DueTimer(self.merger)
 
     def deliver(self, final: bool = False) -> None:
         """Hand ``on_event`` the records held long enough (``final``: all)."""
@@ -60,10 +94,9 @@ class Gatherer:
                 self.on_event(event)
 
     async def ticker(self) -> None:
-        """Deliver what is ready, often enough that nothing waits much past
-        its window."""
+        """Deliver each record as soon as its window has passed."""
         while True:
-            await trio.sleep(self.merger.window / 3)
+            await self.timer.wait()
             self.deliver()
 
     def sink(self, who: Daemon | None, name: str) -> Callable[[bytes], None]:
@@ -79,6 +112,7 @@ class Gatherer:
                 return
             self.records.append(record)
             self.merger.push(record)
+            self.timer.pushed(record)
             if who is not None and isinstance(record, DaemonReady):
                 who.ready.set()
 

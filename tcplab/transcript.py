@@ -14,6 +14,7 @@ deliver them a little apart and a poll reports a state after the fact.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from core.events import (
@@ -144,12 +145,24 @@ class Merger:
     def __init__(self, window: float = REORDER_WINDOW_S) -> None:
         self.window = window
         self._pending: list[Record] = []
+        self._due = math.inf
+        """Nothing held is ready before this (wall time)."""
 
     def push(self, record: Record) -> None:
         self._pending.append(record)
+        # a record is only ever moved earlier, to just before what it
+        # caused: none can be ready before its own place's window has passed
+        self._due = min(self._due, causality.position(record) + self.window)
+
+    def next_due(self) -> float | None:
+        """When :meth:`pop_ready` can next return something (``None``:
+        nothing is held): the earliest place held (a paced segment's is when
+        it left, later than its ``ts``) plus the window, or, once ordered,
+        the first record's place in that order plus the window."""
+        return self._due if self._pending else None
 
     def pop_ready(self, now: float) -> list[causality.Placed]:
-        if not self._pending:
+        if not self._pending or now < self._due:
             return []
         placed = causality.order(self._pending)
         ready = []
@@ -160,9 +173,12 @@ class Merger:
         if ready:
             gone = {id(p.record) for p in ready}
             self._pending = [r for r in self._pending if id(r) not in gone]
+        rest = placed[len(ready) :]
+        self._due = rest[0].at + self.window if rest else math.inf
         return ready
 
     def drain(self) -> list[causality.Placed]:
         placed = causality.order(self._pending)
         self._pending = []
+        self._due = math.inf
         return placed

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from tcplab import timeline
 from tcplab.board import api
+from tcplab.board.model import shed
 from tcplab.board.service import Board
 
 PAGE = Path(__file__).with_name("static") / "board.html"
@@ -77,20 +78,6 @@ MAX_BATCH = 512
 write (and one wake-up of the page) each."""
 
 
-def coalesce(batch: list[Any]) -> list[Any]:
-    """A batch without the side tables a later one in it replaces (a burst
-    of state changes rewrites each side's table many times over)."""
-    last: dict[Any, int] = {}
-    for i, message in enumerate(batch):
-        if isinstance(message, dict) and message.get("type") == "sockets":
-            last[message.get("side")] = i
-    return [
-        m
-        for i, m in enumerate(batch)
-        if not (isinstance(m, dict) and m.get("type") == "sockets" and last[m.get("side")] != i)
-    ]
-
-
 def encode_events(batch: list[Any]) -> bytes:
     """Server-sent events, one ``data:`` line each."""
     return "".join(
@@ -118,7 +105,14 @@ async def _sse(board: Board, hub_name: str, first: list[Any]) -> AsyncIterator[b
                     batch.append(messages.receive_nowait())
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
-            yield encode_events(coalesce(batch))
+            # more rows than a page keeps: the older ones would only be
+            # folded there, so they are counted and not sent
+            batch, gone = shed(batch)
+            hub.shed_rows += gone
+            skipped = messages.take_skipped() + gone
+            if skipped:
+                batch.insert(0, {"type": "skipped", "rows": skipped})
+            yield encode_events(batch)
 
 
 class Routes:

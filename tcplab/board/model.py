@@ -67,6 +67,45 @@ class Sock:
         }
 
 
+_REPLACED = ("sockets", "summary")
+"""Messages that a later one of the same type (and side) replaces."""
+
+
+def coalesce(batch: list[Any]) -> list[Any]:
+    """A batch without the side tables and counts that a later one in it
+    replaces."""
+
+    def key(message: Any) -> tuple[Any, Any] | None:
+        if isinstance(message, dict) and message.get("type") in _REPLACED:
+            return message.get("type"), message.get("side")
+        return None
+
+    last = {key(m): i for i, m in enumerate(batch)}
+    return [m for i, m in enumerate(batch) if key(m) is None or last[key(m)] == i]
+
+
+def shed(batch: list[Any], keep_rows: int = KEPT_ROWS) -> tuple[list[Any], int]:
+    """``batch`` coalesced, with only its newest ``keep_rows`` rows (a page
+    keeps no more: older ones would only be folded there); and how many rows
+    went.  Everything else is kept: run, dividers, rules, the last tables."""
+    kept = coalesce(batch)
+    extra = sum(1 for m in kept if _is_row(m)) - keep_rows
+    if extra <= 0:
+        return kept, 0
+    out = []
+    gone = 0
+    for message in kept:
+        if gone < extra and _is_row(message):
+            gone += 1
+            continue
+        out.append(message)
+    return out, gone
+
+
+def _is_row(message: Any) -> bool:
+    return isinstance(message, dict) and message.get("type") == "row"
+
+
 def row_message(number: int, rows: dict[str, Row]) -> Message:
     """One ladder row, drawn in every language."""
     first = rows["en"]
@@ -96,6 +135,7 @@ class BoardModel:
         self.run: Message = {"type": "run", "scenario": None, "status": "idle"}
         self.rule_events: collections.deque[Message] = collections.deque(maxlen=50)
         self._waiting: list[causality.Placed] = []
+        self._changed: set[str] = set()
 
     # --- runs ----------------------------------------------------------------
 
@@ -106,6 +146,7 @@ class BoardModel:
         self._waiting = []
         for side in self.sockets.values():
             side.clear()
+        self._changed.clear()
         self.run = {
             "type": "run",
             "scenario": scenario,
@@ -119,7 +160,7 @@ class BoardModel:
         return [self.run, divider, *self._sockets_messages()]
 
     def run_done(self, failures: Iterable[str]) -> list[Message]:
-        out = self._release(flush=True)
+        out = self._release(flush=True) + self.sockets_changed()
         failed = list(failures)
         self.run = {**self.run, "status": "failed" if failed else "passed", "failures": failed}
         return [*out, self.run]
@@ -127,7 +168,10 @@ class BoardModel:
     # --- records ---------------------------------------------------------------
 
     def feed(self, placed: causality.Placed) -> list[Message]:
-        """One record, in causal order."""
+        """One record, in causal order: the rows it draws, and what the
+        middlebox's rules did.  A socket it changes is not sent at once (a
+        burst changes each side's table thousands of times a second): see
+        :meth:`sockets_changed`."""
         record = placed.record
         out: list[Message] = []
         if isinstance(record, ScenarioStart):
@@ -145,7 +189,7 @@ class BoardModel:
             }
             self.rule_events.append(message)
             out.append(message)
-        out += self._sockets_from(record)
+        self._sockets_from(record)
         out += self._ladder(placed)
         return out
 
@@ -198,10 +242,17 @@ class BoardModel:
 
     # --- sockets -------------------------------------------------------------------
 
-    def _sockets_from(self, record: Record) -> list[Message]:
+    def sockets_changed(self) -> list[Message]:
+        """The tables of the sides whose sockets changed since the last call
+        (the board sends them a few times a second, not once per change)."""
+        changed = [self._side_message(side) for side in self.sockets if side in self._changed]
+        self._changed.clear()
+        return changed
+
+    def _sockets_from(self, record: Record) -> None:
         side = record.component
         if side not in self.sockets:
-            return []
+            return
         table = self.sockets[side]
         if isinstance(record, TcpState):
             if (record.is_listener and record.new == CLOSED) or (
@@ -215,7 +266,8 @@ class BoardModel:
                     # a page lists MAX_SOCKETS; keep the newest few times that
                     for conn in list(table)[: len(table) - MAX_SOCKETS]:
                         del table[conn]
-            return [self._side_message(side)]
+            self._changed.add(side)
+            return
         if isinstance(record, ObserverStop):
             for sock in record.remaining:
                 name, left_in = sock.get("conn"), sock.get("state")
@@ -230,8 +282,7 @@ class BoardModel:
                     str(sock.get("timer", "off")),
                     record.ts + expires / 1000 if isinstance(expires, int | float) else None,
                 )
-            return [self._side_message(side)]
-        return []
+            self._changed.add(side)
 
     def _side_message(self, side: str) -> Message:
         socks = list(self.sockets[side].values())

@@ -20,9 +20,14 @@ from core.events import Record, ScenarioStart, to_fields
 from tcplab import timeline
 from tcplab.board.backends import LIVE_WINDOW_S, Backend
 from tcplab.board.hub import Hub
-from tcplab.board.model import BoardModel, Message
+from tcplab.board.model import BoardModel, Message, shed
 from tcplab.causality import Placed
+from tcplab.daemon_io import DueTimer
 from tcplab.transcript import Merger
+
+SOCKETS_EVERY_S = 0.1
+"""How often a side's socket table is sent when it changes: a person reads
+it a few times a second; a burst changes it thousands of times."""
 
 
 class Board:
@@ -39,12 +44,13 @@ class Board:
         self.token = token
         self.lang = lang
         self.model = BoardModel() if kept_rows is None else BoardModel(kept_rows)
-        self.pages = Hub()
+        self.pages = Hub(shed=shed)
         self.records = Hub()
         self.backend: Backend | None = None
         self.echo = echo
         self._ladder = timeline.Ladder(lang=lang)
         self._merger = Merger(LIVE_WINDOW_S)
+        self._due = DueTimer(self._merger)
         self.on_message: Callable[[Message], None] | None = None
 
     # --- what happens ------------------------------------------------------------
@@ -53,7 +59,8 @@ class Board:
         """One record, in causal order."""
         record = placed.record
         self._publish(self.model.feed(placed))
-        self.records.publish([to_fields(record)])
+        if self.records.listeners:
+            self.records.publish([to_fields(record)])
         if self.echo is None:
             return
         if isinstance(record, ScenarioStart):
@@ -67,13 +74,27 @@ class Board:
     def push(self, record: Record) -> None:
         """A record from outside, in the order it came."""
         self._merger.push(record)
+        self._due.pushed(record)
 
     async def merge(self) -> None:
-        """Hand the pushed records on in causal order, after their window."""
+        """Hand the pushed records on in causal order, each as soon as its
+        window has passed."""
         while True:
-            await trio.sleep(LIVE_WINDOW_S / 3)
+            await self._due.wait()
             for placed in self._merger.pop_ready(time.time()):
                 self.placed(placed)
+
+    async def tend(self) -> None:
+        """Send the socket tables that changed, and the counts of rows and
+        connections when they moved, a few times a second."""
+        told = -1
+        while True:
+            await trio.sleep(SOCKETS_EVERY_S)
+            messages = self.model.sockets_changed()
+            if self.model.rows_total != told:
+                told = self.model.rows_total
+                messages.append(self.model.summary())
+            self._publish(messages)
 
     def run_started(self, sc: Any) -> None:
         teaches = {"en": sc.teaches, "zh": sc.teaches_zh}
@@ -113,6 +134,7 @@ class Board:
             "pages": self.pages.listeners,
             "event_listeners": self.records.listeners,
             "cut_off": self.pages.cut_off + self.records.cut_off,
+            "rows_shed": self.pages.shed_rows,
             "rows": summary["rows_total"],
             "rows_folded": summary["rows_folded"],
             "connections": summary["connections"],

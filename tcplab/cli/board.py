@@ -96,6 +96,7 @@ async def _board(args: argparse.Namespace, host: str, port: int) -> None:
     board = Board(serve.new_token(), lang=args.lang, echo=None if args.quiet else sys.stdout)
     unparsed = sources.Unparsed()
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(board.tend)
         if args.events_socket:
             board.backend = backends.ProxyBackend(args.control)
             await nursery.start(sources.datagrams, args.events_socket, board.push, unparsed)

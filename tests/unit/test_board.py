@@ -4,6 +4,7 @@ token."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from pathlib import Path
@@ -17,9 +18,9 @@ from core import events
 from core.events import Record, TcpState
 from tcplab import causality
 from tcplab.board import api, serve
-from tcplab.board.app import _sse, coalesce, make_app
+from tcplab.board.app import _sse, make_app
 from tcplab.board.hub import Hub
-from tcplab.board.model import BoardModel
+from tcplab.board.model import BoardModel, coalesce, shed
 from tcplab.board.service import Board
 from tcplab.ladder_layout import rows
 
@@ -274,7 +275,7 @@ async def test_the_stream_replays_then_goes_on_live() -> None:
     assert numbers == list(range(len(numbers)))
 
 
-async def test_a_listener_that_falls_behind_is_cut_off_not_queued_for() -> None:
+async def test_a_script_that_falls_behind_is_cut_off_not_queued_for() -> None:
     hub = Hub(buffer=4)
     async with hub.listen() as slow:
         hub.publish(range(10))
@@ -283,6 +284,33 @@ async def test_a_listener_that_falls_behind_is_cut_off_not_queued_for() -> None:
         assert received == [0, 1, 2, 3]
         with pytest.raises(trio.EndOfChannel):
             await slow.receive()
+
+
+async def test_a_page_that_falls_behind_loses_its_oldest_rows_counted_never_the_present() -> None:
+    hub = Hub(buffer=8, shed=lambda batch: shed(batch, keep_rows=3))
+    async with hub.listen() as slow:
+        hub.publish([{"type": "run", "status": "running"}])
+        hub.publish({"type": "row", "n": n} for n in range(20))
+        hub.publish([{"type": "sockets", "side": "client", "sockets": [n]} for n in range(3)])
+        assert hub.cut_off == 0 and hub.listeners == 1
+        got = []
+        with contextlib.suppress(trio.WouldBlock):
+            while True:
+                got.append(slow.receive_nowait())
+    rows = [m["n"] for m in got if m["type"] == "row"]
+    assert rows == sorted(rows) and rows[-1] == 19  # the newest always arrive
+    assert got[0] == {"type": "run", "status": "running"}
+    assert [m for m in got if m["type"] == "sockets"][-1]["sockets"] == [2]
+    assert hub.shed_rows == 20 - len(rows) == slow.take_skipped()
+    assert len(got) <= 8
+
+
+def test_a_batch_keeps_only_the_rows_a_page_keeps() -> None:
+    batch = [{"type": "divider", "n": 0}, *({"type": "row", "n": n} for n in range(1, 11))]
+    kept, gone = shed(batch, keep_rows=4)
+    assert gone == 6
+    assert kept == [batch[0], *batch[-4:]]
+    assert shed(batch, keep_rows=40) == (batch, 0)
 
 
 def test_a_burst_keeps_only_each_sides_last_table() -> None:
