@@ -11,7 +11,7 @@ import sys
 import time
 
 from core.proc import PARENT_ENV
-from proxy.options import ProxyOptions
+from proxy.options import LogSegments, ProxyOptions
 from tcplab import topology
 from tcplab.cli.common import EXIT_USAGE, faults_of, need_net_admin, sysctl_map
 
@@ -31,7 +31,7 @@ def cmd_lab_up(args: argparse.Namespace) -> int:
         return 1
     if lab.forwarding is topology.Forwarding.PROXY:
         try:
-            _start_background_proxy(lab, faults)
+            _start_background_proxy(lab, faults, getattr(args, "log_segments", "control"))
         except (OSError, TimeoutError) as exc:
             topology.destroy(lab.lab_id)
             print(f"tcplab lab up: the proxy did not start: {exc}", file=sys.stderr)
@@ -90,10 +90,15 @@ def _proxy_log(lab: topology.Lab) -> str:
     return str(topology.proxy_log_path(lab.lab_id))
 
 
-def _start_background_proxy(lab: topology.Lab, faults: ProxyOptions) -> None:
+def _start_background_proxy(
+    lab: topology.Lab, faults: ProxyOptions, log_segments: LogSegments = "control"
+) -> None:
     """The proxy for a lab that stays up: a process of its own (it lives in
     the middle namespace, so `lab down` and `clean` stop it with the rest),
-    logging to a file; returns once its control socket answers."""
+    logging to a file; returns once its control socket answers.  By default
+    it logs the segments that make the picture (``control``) and lets the
+    kernel forward established connections no rule needs, so a program
+    brought into the lab runs near the speed it would without it."""
     import subprocess
 
     from core import control
@@ -107,6 +112,7 @@ def _start_background_proxy(lab: topology.Lab, faults: ProxyOptions) -> None:
         front=topology.FRONT_IF,
         back=topology.BACK_IF,
         control=sock,
+        log_segments=log_segments,
     )
     argv = runner.daemon_argv("proxy", proxy)
     with open(_proxy_log(lab), "ab") as log:

@@ -156,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
         "kernel: plain IP forwarding",
     )
     _add_fault_options(up)
+    up.add_argument(
+        "--log-segments",
+        choices=["all", "control", "none"],
+        default="control",
+        help="control (default): the handshake, teardown, resets, retransmits and every "
+        "segment a rule touches are logged, the rest counted, and established connections "
+        "no rule needs are forwarded by the middlebox's kernel (the express lane); all: "
+        "every segment through the proxy and logged, at a few percent of the kernel's speed",
+    )
     up.add_argument("--sysctl", action="append", type=sysctl_arg, metavar="SIDE:KEY=VALUE")
     up.add_argument("--json", action="store_true", help="print names and addresses as JSON")
     up.add_argument(
