@@ -4,7 +4,7 @@ driven by Playwright), against the terminal ladder of the same board.
 
 Run as root from the repository root::
 
-    .venv/bin/python benchmarks/board_latency.py [--clients 40] [--concurrency 40]
+    .venv/bin/python benchmarks/board_latency.py [--clients 20] [--concurrency 1] [--pace 100ms]
         [--big 5000] [--big-concurrency 50] [--stream-reader]
 
 One ``tcplab board --listen 127.0.0.1:0`` runs four scenario files written to
@@ -14,14 +14,18 @@ a temporary directory, one after another:
    (a ``hold any`` rule) until the page is open and this script listens;
    then the rule is removed and the held segments let go;
 2. ``bench-burst``: ``--clients`` connections, ``--concurrency`` at a time,
-   no pace, no rules (about 10 segments each);
+   at ``--pace`` (by default the catalogue's teaching pace, 100 ms between
+   segments; ``off`` sends them as fast as the kernels do: a burst of
+   about a thousand segments a second), no rules (about 10 segments each);
 3. ``bench-gate-2``: held like the first, while the idle page is measured;
 4. ``bench-big``: ``--big`` connections, ``--big-concurrency`` at a time.
 
 Figures:
 
 1. **Latency** of the burst's segments, from the segment passing the
-   middlebox (its record's ``ts``: the kernel's receive time of the frame)
+   middlebox (where the ladder draws it: its record's ``ts``, the kernel's
+   receive time of the frame, or ``sent_ts``, taken just before the send,
+   when the pace held it)
    to its arrow being inserted into the page's DOM (``window.tcplab.inserted``:
    wall time at insertion), p50/p99/max, and the ratio to the same latency
    on the terminal (the ladder's line read from the board's stdout: the
@@ -32,8 +36,8 @@ Figures:
    this script (one more listener for the board to feed).  The segments come
    from ``/api/events`` and are paired in order with the page's arrows and
    the terminal's arrow lines; the pairing is checked: the same count, and
-   each arrow's ``at_ms`` equal to its segment's ``ts`` minus the run's first
-   SYN's (the terminal's to its 0.1 ms column).  Target: browser p99 ≤ 100 ms.
+   each arrow's ``at_ms`` equal to that time minus the run's first
+   SYN's ``ts`` (the terminal's to its 0.1 ms column).  Target: browser p99 ≤ 100 ms.
 2. **The page under load**: while the big run goes on, every 0.2 s the time
    for a ``page.evaluate`` round trip and for a ``requestAnimationFrame`` to
    fire (measured in the page), and every second the rows in the DOM (the
@@ -158,6 +162,7 @@ def scenario_toml(
     gate: bool = False,
     observe_for: str = "0.5s",
     deadline: str = "120s",
+    pace: str | None = None,
 ) -> str:
     lines = [
         f'name = "{name}"',
@@ -178,6 +183,8 @@ def scenario_toml(
         f'observe_for = "{observe_for}"',
         f'deadline = "{deadline}"',
     ]
+    if pace is not None:
+        lines += ["", "[proxy]", f'pace = "{pace}"']
     if gate:
         lines += ["", "[[proxy.rules]]", 'action = "hold"', 'tag = "any"', f'name = "{GATE_RULE}"']
     return "\n".join(lines) + "\n"
@@ -249,6 +256,10 @@ class Seg:
     syn: bool
     verdict: str
     arrived: float
+    passed: float
+    """Where the ladder puts it: when it reached the middlebox, or, for one
+    the middlebox kept (paced, released), when it left (``sent_ts``), as
+    ``Segment.shown_at`` says."""
 
 
 class Feed:
@@ -323,7 +334,11 @@ class Events:
         conn = record.get("conn", "")
         port = int(conn.rsplit(":", 1)[1]) if ":" in conn else 0
         syn = "syn" in record.get("tags", ())
-        self.segments.append(Seg(record["ts"], port, syn, record.get("verdict", "pass"), arrived))
+        ts = record["ts"]
+        sent, verdict = record.get("sent_ts"), record.get("verdict", "pass")
+        kept = verdict == "release" or (verdict == "pass" and record.get("delay_ms"))
+        passed = sent if sent is not None and kept else ts
+        self.segments.append(Seg(ts, port, syn, verdict, arrived, passed))
 
     def of(self, name: str) -> list[Seg]:
         return [s for s in self.segments if s.port == PORTS[name]]
@@ -544,7 +559,7 @@ def burst_figures(
 ) -> bool:
     """Part 1: print the figures; whether the target was met."""
     t0 = time_zero(segs)
-    keys = [at_ms(s.ts, t0) for s in segs]
+    keys = [at_ms(s.passed, t0) for s in segs]
     counts = f"{len(segs)} segments, {len(page)} page arrows, {len(terminal)} terminal lines"
     if ladder is not None:
         counts += f", {len(ladder)} stream rows"
@@ -554,17 +569,17 @@ def burst_figures(
     page_off = sum(1 for e, k in zip(page, keys, strict=True) if e["at_ms"] != k)
     ladder_off = sum(1 for r, k in zip(ladder or [], keys, strict=False) if r[1] != k)
     term_off = sum(1 for r, k in zip(terminal, keys, strict=True) if abs(r[1] - k) > 0.051)
-    worst = max(abs(e["at_ms"] / 1000 + t0 - s.ts) for e, s in zip(page, segs, strict=True))
+    worst = max(abs(e["at_ms"] / 1000 + t0 - s.passed) for e, s in zip(page, segs, strict=True))
     print(
         f"  pairing: {counts}; at_ms ≠ ts − t0: page {page_off}, terminal {term_off} "
         f"(±0.05 ms, its 0.1 ms column){f', stream {ladder_off}' if ladder else ''}; "
         f"max |t0 + at_ms − ts| {worst * 1e6:.1f} µs"
     )
-    browser = [(e["wall"] - s.ts) * 1000 for e, s in zip(page, segs, strict=True)]
-    term = [(r[0] - s.ts) * 1000 for r, s in zip(terminal, segs, strict=True)]
-    records = [(s.arrived - s.ts) * 1000 for s in segs]
+    browser = [(e["wall"] - s.passed) * 1000 for e, s in zip(page, segs, strict=True)]
+    term = [(r[0] - s.passed) * 1000 for r, s in zip(terminal, segs, strict=True)]
+    records = [(s.arrived - s.passed) * 1000 for s in segs]
     reached = [
-        (arrived[e["n"]] - s.ts) * 1000
+        (arrived[e["n"]] - s.passed) * 1000
         for e, s in zip(page, segs, strict=True)
         if e["n"] in arrived
     ]
@@ -572,7 +587,7 @@ def burst_figures(
     print(row("terminal (board's stdout)", term, "reference"))
     print(row("/api/events read by Python", records))
     if ladder:
-        stream = [(r[2] - s.ts) * 1000 for r, s in zip(ladder, segs, strict=True)]
+        stream = [(r[2] - s.passed) * 1000 for r, s in zip(ladder, segs, strict=True)]
         print(row("/api/ladder read by Python", stream))
     print(row("/api/ladder message in the page", reached))
     print(row("arrow in the page's DOM", browser))
@@ -827,6 +842,7 @@ def command(args: argparse.Namespace) -> str:
         "benchmarks/board_latency.py",
         f"--clients={args.clients}",
         f"--concurrency={args.concurrency}",
+        f"--pace={args.pace}",
         f"--big={args.big}",
         f"--big-concurrency={args.big_concurrency}",
         f"--big-deadline={args.big_deadline}",
@@ -1027,7 +1043,7 @@ async def measure(
                     listeners = "the page and /api/events" + (" and /api/ladder" if ladder else "")
                     print(
                         f"\n1. segment → arrow: {args.clients} connections, "
-                        f"{args.concurrency} at a time, pace off; the board's listeners: "
+                        f"{args.concurrency} at a time, pace {args.pace}; the board's listeners: "
                         f"{listeners}"
                     )
                     met = await burst(page, events, ladder, lines)
@@ -1081,8 +1097,13 @@ class Labs:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--clients", type=int, default=40, help="connections of the burst")
-    parser.add_argument("--concurrency", type=int, default=40, help="the burst's, at a time")
+    parser.add_argument("--clients", type=int, default=20, help="connections of part 1")
+    parser.add_argument("--concurrency", type=int, default=1, help="part 1's, at a time")
+    parser.add_argument(
+        "--pace",
+        default="100ms",
+        help="part 1's pace (the catalogue's teaching pace; 'off' for a raw burst)",
+    )
     parser.add_argument("--big", type=int, default=5000, help="connections of the big run")
     parser.add_argument("--big-concurrency", type=int, default=50)
     parser.add_argument(
@@ -1105,7 +1126,11 @@ def main() -> int:
         files = {
             "bench-gate-1": scenario_toml("bench-gate-1", gate=True, observe_for="0s"),
             "bench-burst": scenario_toml(
-                "bench-burst", count=args.clients, concurrency=args.concurrency
+                "bench-burst",
+                count=args.clients,
+                concurrency=args.concurrency,
+                pace=None if args.pace == "off" else args.pace,
+                deadline="600s",
             ),
             "bench-gate-2": scenario_toml("bench-gate-2", gate=True, observe_for="0s"),
             "bench-big": scenario_toml(

@@ -69,7 +69,9 @@ async def _body(request: Request) -> dict[str, Any]:
     return api.parse_body(bytes(raw))
 
 
-def _error(exc: api.ApiError) -> JSONResponse:
+async def _api_error(_request: Request, exc: Exception) -> Response:
+    """A request the API refuses: its status and a JSON error naming the field."""
+    assert isinstance(exc, api.ApiError)
     return JSONResponse(exc.as_body(), status_code=exc.status)
 
 
@@ -149,42 +151,30 @@ class Routes:
     async def events(self, request: Request) -> Response:
         return _stream(_sse(self.board, "records", []))
 
+    # an ApiError raised by a handler becomes its 4xx/5xx JSON answer
+    # (make_app's exception handler)
+
     async def rules_list(self, request: Request) -> Response:
-        try:
-            answer = await self.backend_call({"op": "rules"})
-        except api.ApiError as exc:
-            return _error(exc)
+        answer = await self.backend_call({"op": "rules"})
         return JSONResponse({"rules": answer.get("rules", []), "pace": answer.get("pace")})
 
     async def rules_add(self, request: Request) -> Response:
-        try:
-            payload, _rule = api.add_request(await _body(request))
-            answer = await self.backend_call(payload, "rule" if "rule" in payload else "table")
-        except api.ApiError as exc:
-            return _error(exc)
+        payload, _rule = api.add_request(await _body(request))
+        answer = await self.backend_call(payload, "rule" if "rule" in payload else "table")
         return JSONResponse(answer, status_code=201)
 
     async def rules_remove(self, request: Request) -> Response:
-        try:
-            name = api.rule_name(request.path_params["name"])
-            await self.backend_call({"op": "rm", "name": name}, "name")
-        except api.ApiError as exc:
-            return _error(exc)
+        name = api.rule_name(request.path_params["name"])
+        await self.backend_call({"op": "rm", "name": name}, "name")
         return Response(status_code=204)
 
     async def release(self, request: Request) -> Response:
-        try:
-            payload = api.release_request(await _body(request))
-            return JSONResponse(await self.backend_call(payload, "rule"))
-        except api.ApiError as exc:
-            return _error(exc)
+        payload = api.release_request(await _body(request))
+        return JSONResponse(await self.backend_call(payload, "rule"))
 
     async def pace(self, request: Request) -> Response:
-        try:
-            payload = api.pace_request(await _body(request))
-            return JSONResponse(await self.backend_call(payload, "value"))
-        except api.ApiError as exc:
-            return _error(exc)
+        payload = api.pace_request(await _body(request))
+        return JSONResponse(await self.backend_call(payload, "value"))
 
     async def counters(self, request: Request) -> Response:
         try:
@@ -210,16 +200,13 @@ class Routes:
         return JSONResponse({"scenarios": listed, "can_run": can_run, "running": busy})
 
     async def run(self, request: Request) -> Response:
-        try:
-            body = await _body(request)
-            name = body.get("scenario")
-            if not isinstance(name, str) or not name:
-                raise api.ApiError(400, "scenario", "'scenario' (a catalogue name) is required")
-            if self.board.backend is None:
-                raise api.ApiError(503, None, "the board has no lab to run it in")
-            await self.board.backend.run(name)
-        except api.ApiError as exc:
-            return _error(exc)
+        body = await _body(request)
+        name = body.get("scenario")
+        if not isinstance(name, str) or not name:
+            raise api.ApiError(400, "scenario", "'scenario' (a catalogue name) is required")
+        if self.board.backend is None:
+            raise api.ApiError(503, None, "the board has no lab to run it in")
+        await self.board.backend.run(name)
         return JSONResponse({"running": name}, status_code=202)
 
 
@@ -239,7 +226,8 @@ def make_app(board: Board) -> TokenGate:
         Route("/api/scenarios", routes.scenarios, methods=["GET"]),
         Route("/api/run", routes.run, methods=["POST"]),
     ]
-    return TokenGate(Starlette(routes=table), board.token)
+    app = Starlette(routes=table, exception_handlers={api.ApiError: _api_error})
+    return TokenGate(app, board.token)
 
 
 class TokenGate:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import secrets
+import urllib.parse
 
 import trio
 from hypercorn.config import Config
@@ -20,6 +21,24 @@ from tcplab.board.app import make_app
 from tcplab.board.service import Board
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def public_url(text: str) -> str:
+    """A ``--public-url``: an http(s) address with a host, no query or
+    fragment (the token is added to it), nothing a terminal would mangle;
+    returned without its trailing slash."""
+    if len(text) > 2048 or any(ch.isspace() or not ch.isprintable() for ch in text):
+        raise ValueError("expected an http:// or https:// address without spaces")
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected http://HOST[:PORT][/PATH], got {text[:60]!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("no ?query or #fragment: the token is added to it")
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError:
+        raise ValueError(f"not a port: {parts.netloc[:60]!r}") from None
+    return text.rstrip("/")
 
 
 class ListenError(ValueError):

@@ -55,10 +55,20 @@ def add_board_options(parser: argparse.ArgumentParser, *, full: bool) -> None:
     parser.add_argument("--quiet", action="store_true", help="print the URL only, not the ladder")
     parser.add_argument(
         "--public-url",
+        type=_public_url,
         metavar="URL",
         help="the address to print, when the page is reached through another one "
         "(compose: http://127.0.0.1:8080, the port published on the host)",
     )
+
+
+def _public_url(text: str) -> str:
+    from tcplab.board import serve
+
+    try:
+        return serve.public_url(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_board(args: argparse.Namespace) -> int:
@@ -114,7 +124,7 @@ async def _board(args: argparse.Namespace, host: str, port: int) -> None:
             board.backend = runs
         url = await nursery.start(serve.serve, board, host, port)
         if getattr(args, "public_url", None):
-            url = f"{args.public_url.rstrip('/')}/?token={board.token}"
+            url = f"{args.public_url}/?token={board.token}"
         # the URL first: it is what a trainer looks for
         print(f"tcplab board: {url}", flush=True)
         warning = serve.remote_warning(host)

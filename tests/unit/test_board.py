@@ -321,3 +321,26 @@ def test_a_burst_keeps_only_each_sides_last_table() -> None:
         {"type": "sockets", "side": "client", "sockets": [1, 2]},
     ]
     assert coalesce(batch) == batch[1:]
+
+
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+        ("https://lab.example/board/", "https://lab.example/board"),
+        ("ftp://127.0.0.1", None),
+        ("http://", None),
+        ("http://host:99999", None),
+        ("http://host/?token=x", None),
+        ("http://host/\x1b[2J", None),
+        ("http://host /x", None),
+    ],
+)
+def test_a_public_url_is_an_http_address_the_token_can_be_added_to(
+    text: str, ok: str | None
+) -> None:
+    if ok is None:
+        with pytest.raises(ValueError):
+            serve.public_url(text)
+    else:
+        assert serve.public_url(text) == ok
