@@ -127,6 +127,9 @@ class ObserverStop(Record):
     lookups: int | None = None
     trace_events: int | None = None
     trace_lost: int | None = None
+    counters: Mapping[str, int] | None = None
+    """The namespace's TCP counters that moved while it observed, by
+    ``nstat`` name (:mod:`core.netstat`): ``TcpExtListenOverflows``…"""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -45,7 +45,7 @@ from typing import Any
 
 import trio
 
-from core import tracefs
+from core import netns, netstat, tracefs
 from core.events import ObserverStart, ObserverStop, Record, TcpState, emit
 from core.tracebuf import TraceEvent
 from daemons import sockdiag
@@ -119,6 +119,8 @@ class Observer:
         self.trace_events = 0
         self._changed: trio.Event | None = None
         """Set at the next change; made only when someone waits for one."""
+        self._counters: dict[str, int] = {}
+        """The namespace's TCP counters when observing began."""
         self._lookup_sock: DiagSocket | None = None
         self._dump_sock: DiagSocket | None = None
         self._tracer: tracefs.Instance | None = None
@@ -307,6 +309,7 @@ class Observer:
         every socket the caller opens afterwards is seen from its first state."""
         self._lookup_sock = DiagSocket.open(self.netns)
         self._dump_sock = DiagSocket.open(self.netns)
+        self._counters = self.read_counters()
         unavailable = self._open_trace()
         try:
             emit(
@@ -384,8 +387,14 @@ class Observer:
             )
         return out
 
+    def read_counters(self) -> dict[str, int]:
+        """The namespace's TCP counters now (a read of two small files)."""
+        with netns.inside(self.netns):
+            return netstat.read()
+
     def stop_record(self, reason: str) -> ObserverStop:
         left = [r for r in self.remaining() if r["state"] != "LISTEN"]
+        counters = netstat.moved(self._counters, self.read_counters()) if self._counters else None
         return ObserverStop(
             ts=time.time(),
             reason=reason,
@@ -394,6 +403,7 @@ class Observer:
             lookups=self.lookups,
             trace_events=self.trace_events if self._tracer else None,
             trace_lost=self._tracer.lost if self._tracer else None,
+            counters=counters,
         )
 
 

@@ -33,6 +33,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Literal
 
+from core import netstat
 from core.events import (
     APP_ACCEPT,
     APP_CLOSE,
@@ -67,6 +68,7 @@ LABELS = {
         "legend": "[t] kernel tracepoint  [p] sock_diag poll  [i] implied  "
         "≤ polled: happened by then",
         "still": "still: ",
+        "counters": "nstat: ",
         "left": "left",
         "more": "more",
         "released": "▶released",
@@ -84,6 +86,7 @@ LABELS = {
         "server": "服务端",
         "legend": "[t] 内核跟踪点  [p] sock_diag 轮询  [i] 由状态机推出  ≤ 轮询所见:不晚于此刻",
         "still": "仍在：",
+        "counters": "nstat：",
         "left": "剩余",
         "more": "个",
         "released": "▶放行",
@@ -242,10 +245,18 @@ class Layout:
             else str(sock.get("state"))
             for sock in record.remaining
         ]
-        if not left:
-            return []
-        more = f" (+{len(left) - 1} {words['more']})" if len(left) > 1 else ""
-        return [self._note(record.component, f"{words['still']}{left[0]}{more}", at, "still")]
+        out = []
+        if left:
+            more = f" (+{len(left) - 1} {words['more']})" if len(left) > 1 else ""
+            out.append(
+                self._note(record.component, f"{words['still']}{left[0]}{more}", at, "still")
+            )
+        # the kernel's counters that moved while the side was observed, one
+        # a row (nstat's names, TcpExt's without their group)
+        for name, n in netstat.shown(record.counters or {}):
+            text = f"{words['counters']}{name.removeprefix('TcpExt')} {n:+d}"
+            out.append(self._note(record.component, text, at, "kernel"))
+        return out
 
     def _note(self, side: str, text: str, at: float, style: str, bound: bool = False) -> Row:
         assert side in ("client", "server")

@@ -108,7 +108,8 @@ class RunsBackend:
     """The board runs scenarios, one at a time, in labs of their own.
 
     ``on_event`` gets every record of a run in causal order; ``started`` and
-    ``finished`` are told of each run (the scenario; then its failures)."""
+    ``finished`` are told of each run (the scenario; then its failures, by
+    language: ``{"en": [...], "zh": [...]}``)."""
 
     can_run = True
 
@@ -117,7 +118,7 @@ class RunsBackend:
         nursery: trio.Nursery,
         on_event: Callable[[Placed], None],
         started: Callable[[Any], None],
-        finished: Callable[[Any, list[str]], None],
+        finished: Callable[[Any, dict[str, list[str]]], None],
     ) -> None:
         self.nursery = nursery
         self.on_event = on_event
@@ -219,7 +220,7 @@ class RunsBackend:
         self.nursery.start_soon(self._run, sc)
 
     async def _run(self, sc: Any) -> None:
-        from tcplab import scenario
+        from tcplab.scenario.check import LANGS, check_in_all, say
 
         opts = runner.scenario_options(sc, pace=self.standing.pace)
         opts = dataclasses.replace(
@@ -230,16 +231,17 @@ class RunsBackend:
         )
         spec = topology.LabSpec(forwarding=opts.forwarding, sysctls=opts.sysctls)
         self.started(sc)
-        failures: list[str] = []
+        failures: dict[str, list[str]] = {lang: [] for lang in LANGS}
         try:
             self._lab = await trio.to_thread.run_sync(topology.create, spec)
             result = await runner.run_in_lab(self._lab, opts, self.on_event, window=LIVE_WINDOW_S)
             statuses = {"client": result.client_status, "server": result.server_status}
-            failures = scenario.check(sc, result.records, statuses)
+            failures = check_in_all(sc, result.records, statuses)
             if result.timed_out:
-                failures.insert(0, "the run did not end within its deadline")
+                for lang, said in failures.items():
+                    said.insert(0, say(lang, "deadline"))
         except (topology.TopologyError, OSError) as exc:
-            failures = [f"the lab could not be built: {exc}"]
+            failures = {lang: [say(lang, "no_lab", why=exc)] for lang in LANGS}
         finally:
             lab, self._lab = self._lab, None
             if lab is not None:

@@ -6,7 +6,10 @@ The page is a stack of ladder rows, each drawn by
 :mod:`tcplab.ladder_layout` — the terminal ladder's rows, in both languages
 at once so the page can switch without asking again.  Beside the ladder: each
 side's sockets now (state, timer, what is left of TIME_WAIT), the scenario
-being run and its explanation, and what the middlebox's rules did.
+being run and its explanation, and what the middlebox's rules did.  What a
+person reads about the run — its title, explanation and failures — is sent
+the same way, by language (``{"en": …, "zh": …}``); a run reported by
+records from outside (compose's client) has only English.
 
 A page that opens late asks for :meth:`BoardModel.replay`: the same messages
 it would have had, limited to the newest :data:`KEPT_ROWS` rows (older ones
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from core.events import (
@@ -44,6 +47,8 @@ TCP_TIMEWAIT_LEN_S = 60.0
 
 
 Message = dict[str, Any]
+ByLang = Mapping[str, Any]
+"""Language → what is said in it (``en`` always; ``zh`` where known)."""
 
 
 @dataclasses.dataclass(slots=True)
@@ -139,9 +144,10 @@ class BoardModel:
 
     # --- runs ----------------------------------------------------------------
 
-    def new_run(self, scenario: str | None, title: str, teaches: dict[str, str]) -> list[Message]:
+    def new_run(self, scenario: str | None, title: ByLang, teaches: ByLang) -> list[Message]:
         """A new run begins: a fresh time zero, the sockets of the last one
-        forgotten (they were in namespaces that are gone or reused)."""
+        forgotten (they were in namespaces that are gone or reused).
+        ``title`` and ``teaches`` by language."""
         self._layouts = {lang: Layout(None, lang) for lang in LANGS}
         self._waiting = []
         for side in self.sockets.values():
@@ -150,19 +156,26 @@ class BoardModel:
         self.run = {
             "type": "run",
             "scenario": scenario,
-            "title": title,
-            "teaches": teaches,
+            "title": dict(title),
+            "teaches": dict(teaches),
             "status": "running",
-            "failures": [],
+            "failures": {lang: [] for lang in title},
         }
-        divider = {"type": "divider", "n": self.rows_total, "scenario": scenario, "title": title}
+        divider = {
+            "type": "divider",
+            "n": self.rows_total,
+            "scenario": scenario,
+            "title": dict(title),
+        }
         self._keep(divider)
         return [self.run, divider, *self._sockets_messages()]
 
-    def run_done(self, failures: Iterable[str]) -> list[Message]:
+    def run_done(self, failures: Mapping[str, Sequence[str]]) -> list[Message]:
+        """The run is over: ``failures`` by language (empty lists: it passed)."""
         out = self._release(flush=True) + self.sockets_changed()
-        failed = list(failures)
-        self.run = {**self.run, "status": "failed" if failed else "passed", "failures": failed}
+        failed = {lang: list(said) for lang, said in failures.items()}
+        status = "failed" if any(failed.values()) else "passed"
+        self.run = {**self.run, "status": status, "failures": failed}
         return [*out, self.run]
 
     # --- records ---------------------------------------------------------------
@@ -175,9 +188,9 @@ class BoardModel:
         record = placed.record
         out: list[Message] = []
         if isinstance(record, ScenarioStart):
-            out += self.new_run(record.scenario, record.title or "", {})
+            out += self.new_run(record.scenario, {"en": record.title or ""}, {})
         elif isinstance(record, RunDone) and record.scenario == self.run.get("scenario"):
-            out += self.run_done([*record.failures, *record.violations])
+            out += self.run_done({"en": [*record.failures, *record.violations]})
         elif isinstance(record, RulesChanged):
             message = {
                 "type": "rules_changed",

@@ -11,7 +11,7 @@ another process with an earlier time can overtake.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
 import trio
@@ -20,9 +20,10 @@ from core.events import Record, ScenarioStart, to_fields
 from tcplab import timeline
 from tcplab.board.backends import LIVE_WINDOW_S, Backend
 from tcplab.board.hub import Hub
-from tcplab.board.model import BoardModel, Message, shed
+from tcplab.board.model import LANGS, BoardModel, Message, shed
 from tcplab.causality import Placed
 from tcplab.daemon_io import DueTimer
+from tcplab.scenario.check import outcome
 from tcplab.transcript import Merger
 
 SOCKETS_EVERY_S = 0.1
@@ -97,23 +98,22 @@ class Board:
             self._publish(messages)
 
     def run_started(self, sc: Any) -> None:
-        teaches = {"en": sc.teaches, "zh": sc.teaches_zh}
-        self._publish(self.model.new_run(sc.name, sc.title, teaches))
+        """One of the board's runs begins: the page gets its title and
+        explanation in every language, the terminal in the board's."""
+        title = {lang: sc.title_in(lang) for lang in LANGS}
+        teaches = {lang: sc.teaches_in(lang) for lang in LANGS}
+        self._publish(self.model.new_run(sc.name, title, teaches))
         if self.echo is not None:
             self._ladder = timeline.Ladder(lang=self.lang)
-            self._print(["", f"{sc.name}: {sc.title}", "", *self._ladder.header()])
+            self._print(["", f"{sc.name}: {sc.title_in(self.lang)}", "", *self._ladder.header()])
 
-    def run_finished(self, sc: Any, failures: list[str]) -> None:
+    def run_finished(self, sc: Any, failures: Mapping[str, list[str]]) -> None:
+        """One of the board's runs is over; ``failures`` by language."""
         messages = self.model.run_done(failures)
         self._publish(messages)
         if self.echo is not None:
-            lines = self._ladder.flush()
-            if failures:
-                lines += [f"{len(failures)} expectation(s) not met:"]
-                lines += [f"  ✗ {failure}" for failure in failures]
-            else:
-                lines.append("every expectation held ✓")
-            self._print(lines)
+            said = failures.get(self.lang, failures.get("en", []))
+            self._print([*self._ladder.flush(), *outcome(said, (), self.lang)])
 
     def _publish(self, messages: list[Message]) -> None:
         self.pages.publish(messages)

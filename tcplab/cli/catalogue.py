@@ -14,35 +14,74 @@ from core.proc import child_env
 from tcplab.cli.common import RUN_JSON, need_net_admin
 from tcplab.cli.run import load_scenario
 
+WORDS = {
+    "en": {
+        "invalid": "(invalid: {why})",
+        "faults": "faults: {rules}",
+        "none": "none",
+        "rules": "; ",
+        "delay": " by {ms:g} ms",
+        "pace": "pace: every segment {ms:g} ms late",
+        "daemons": "server: {server}; client: {client}",
+        "defaults": "defaults",
+        "sysctls": "sysctls: {sysctls}",
+        "run_it": "run it: tcplab run {name}",
+    },
+    "zh": {
+        "invalid": "（无效：{why}）",
+        "faults": "故障规则：{rules}",
+        "none": "无",
+        "rules": "；",
+        "delay": "（延后 {ms:g} 毫秒）",
+        "pace": "慢放：每个报文段延后 {ms:g} 毫秒",
+        "daemons": "服务端：{server}；客户端：{client}",
+        "defaults": "默认",
+        "sysctls": "sysctl：{sysctls}",
+        "run_it": "运行：tcplab run {name} --lang zh",
+    },
+}
+"""What ``list`` and ``show`` say around a scenario's own words, by language."""
+
+
+def _say(lang: str, key: str, **fields: object) -> str:
+    return WORDS.get(lang, WORDS["en"])[key].format(**fields)
+
 
 def cmd_list(args: argparse.Namespace) -> int:
     from tcplab import scenario
 
+    lang = args.lang
     for path in scenario.catalogue():
         try:
             sc = scenario.load(path)
         except scenario.ScenarioError as exc:
-            print(f"{path.stem:<28} (invalid: {exc})")
+            print(f"{path.stem:<28} {_say(lang, 'invalid', why=exc)}")
             continue
-        print(f"{sc.name:<28} {sc.title}")
+        print(f"{sc.name:<28} {sc.title_in(lang)}")
     return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     sc = load_scenario(args.name, "show")
-    print(f"{sc.name}: {sc.title}\n")
-    print(sc.teaches_zh if args.lang == "zh" else sc.teaches)
+    lang = args.lang
+    print(f"{sc.name}: {sc.title_in(lang)}\n")
+    print(sc.teaches_in(lang))
     print()
     breaks = [f"{r.action} {r.match.from_ + ':' if r.match.from_ else ''}{r.match.tag or 'any'}"
               + (f"@{','.join(map(str, sorted(r.match.nth)))}" if r.match.nth else "")
-              + (f" by {r.delay * 1000:g} ms" if r.delay else "") for r in sc.rules]  # fmt: skip
-    print("faults: " + ("; ".join(breaks) if breaks else "none"))
+              + (f"#{r.match.conn}" if r.match.conn is not None else "")
+              + (_say(lang, "delay", ms=r.delay * 1000) if r.delay else "")
+              for r in sc.rules]  # fmt: skip
+    print(_say(lang, "faults", rules=_say(lang, "rules").join(breaks) or _say(lang, "none")))
     if sc.pace:
-        print(f"pace: every segment {sc.pace * 1000:g} ms late")
-    print(f"server: {dict(sc.server) or 'defaults'}; client: {dict(sc.client) or 'defaults'}")
+        print(_say(lang, "pace", ms=sc.pace * 1000))
+    defaults = _say(lang, "defaults")
+    server, client = dict(sc.server) or defaults, dict(sc.client) or defaults
+    print(_say(lang, "daemons", server=server, client=client))
     if sc.sysctls:
-        print(f"sysctls: {dict(sc.sysctls)}")
-    print(f"\nrun it: tcplab run {sc.name}")
+        print(_say(lang, "sysctls", sysctls=dict(sc.sysctls)))
+    print()
+    print(_say(lang, "run_it", name=sc.name))
     return 0
 
 

@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="the scenario catalogue")
+    lst.add_argument("--lang", choices=["en", "zh"], default="en", help="title language")
     lst.set_defaults(func=cmd_list)
     show = sub.add_parser("show", help="what a scenario teaches and what it breaks")
     show.add_argument("name")

@@ -51,6 +51,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return cmd_run_scenario(args)
     need_net_admin("run")
     from tcplab import runner, transcript
+    from tcplab.scenario.check import say
 
     faults = dataclasses.replace(
         faults_of(args, "run"),
@@ -104,7 +105,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=out,
         )
         for violation in violations:
-            print(f"  ✗ causal order: {violation.describe()}", file=out)
+            print(f"  ✗ {say(args.lang, 'causal', violation=violation.describe())}", file=out)
         if args.pcap:
             print(f"capture: {args.pcap} (tshark -r {args.pcap})", file=out)
     ok = result.client_status == 0 and result.server_status == 0 and not result.timed_out
@@ -201,8 +202,13 @@ def scenario_run(args: argparse.Namespace, sc: Any) -> tuple[Any, Any, topology.
     return sc, opts, spec
 
 
+LADDER_FILE = {"en": "ladder diagram: {path}", "zh": "梯形图：{path}"}
+"""Where ``--html`` wrote the page, in each language."""
+
+
 def cmd_run_scenario(args: argparse.Namespace) -> int:
-    from tcplab import scenario, timeline
+    from tcplab import timeline
+    from tcplab.scenario.check import check, outcome, say
 
     sc = load_scenario(args.scenario, "run")
     sc, opts, spec = scenario_run(args, sc)
@@ -210,7 +216,7 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
     out = sys.stdout
     ladder = timeline.Ladder(lang=args.lang)
     if not args.json:
-        print(f"{sc.name}: {sc.title}\n", file=out)
+        print(f"{sc.name}: {sc.title_in(args.lang)}\n", file=out)
         for line in ladder.header():
             print(line, file=out)
 
@@ -229,11 +235,13 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
         for line in ladder.flush():
             print(line, file=out)
     statuses = {"client": result.client_status, "server": result.server_status}
-    failures = scenario.check(sc, result.records, statuses)
+    # English for the machine-readable record, and in the language asked for
+    failures = check(sc, result.records, statuses)
+    shown = check(sc, result.records, statuses, args.lang)
     if result.timed_out:
-        failures.insert(
-            0, f"the run did not end within its deadline ({format_duration(opts.deadline)})"
-        )
+        deadline = format_duration(opts.deadline)
+        failures.insert(0, say("en", "deadline_of", deadline=deadline))
+        shown.insert(0, say(args.lang, "deadline_of", deadline=deadline))
     t0 = connview.time_zero(result.records)
     violations = [v.describe(t0) for v in causality.check(result.records)]
     if args.json:
@@ -250,26 +258,19 @@ def cmd_run_scenario(args: argparse.Namespace) -> int:
         out.write(json_line(done) + "\n")
     else:
         print("", file=out)
-        print(sc.teaches_zh if args.lang == "zh" else sc.teaches, file=out)
+        print(sc.teaches_in(args.lang), file=out)
         print("", file=out)
-        if failures:
-            print(f"{len(failures)} expectation(s) not met:", file=out)
-            for failure in failures:
-                print(f"  ✗ {failure}", file=out)
-        else:
-            print("every expectation held ✓", file=out)
-        for violation in violations:
-            print(f"  ✗ causal order: {violation}", file=out)
+        for line in outcome(shown, violations, args.lang):
+            print(line, file=out)
     for line in result.stray:
         print(f"  ! {line}", file=sys.stderr)
     if args.html:
-        explanation = sc.teaches_zh if args.lang == "zh" else sc.teaches
         page = timeline.render_html(
-            result.records, title=f"{sc.name}: {sc.title}", explanation=explanation,
-            failures=[*failures, *violations], lang=args.lang,
+            result.records, title=f"{sc.name}: {sc.title_in(args.lang)}",
+            explanation=sc.teaches_in(args.lang), failures=[*shown, *violations], lang=args.lang,
         )  # fmt: skip
         with open(args.html, "w", encoding="utf-8") as fh:
             fh.write(page)
         if not args.json:
-            print(f"ladder diagram: {args.html}", file=out)
+            print(LADDER_FILE.get(args.lang, LADDER_FILE["en"]).format(path=args.html), file=out)
     return 0 if not failures and not violations else 1

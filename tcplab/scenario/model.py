@@ -41,6 +41,8 @@ class SideExpect:
     listener: tuple[str, ...] | None = None
     reset_in: tuple[str, ...] = ()
     timer_restarted: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    counters: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    """``nstat`` name → how much the namespace's counter rose, at least."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -67,6 +69,8 @@ class SegmentExpect:
 class Scenario:
     name: str
     title: str
+    title_zh: str
+    """The title in Chinese; empty where the file has none."""
     teaches: str
     teaches_zh: str
     path: str
@@ -81,6 +85,15 @@ class Scenario:
     expect_client: SideExpect
     expect_server: SideExpect
     expect_segments: tuple[SegmentExpect, ...]
+
+    def title_in(self, lang: str) -> str:
+        """The title in ``lang`` (``en`` or ``zh``): the English one where
+        there is no Chinese one."""
+        return self.title_zh if lang == "zh" and self.title_zh else self.title
+
+    def teaches_in(self, lang: str) -> str:
+        """What the scenario shows, in ``lang`` (``en`` or ``zh``)."""
+        return self.teaches_zh if lang == "zh" else self.teaches
 
     def proxy_options(self, *, pace: float | None = None) -> ProxyOptions:
         """The rules, pace and segment logging the proxy gets; ``pace``, when
@@ -115,6 +128,7 @@ def parse(text: str, path: str = "<scenario>") -> Scenario:
     return Scenario(
         name=top["name"],
         title=top["title"],
+        title_zh=top.get("title_zh", ""),
         teaches=top["teaches"].strip(),
         teaches_zh=top["teaches_zh"].strip(),
         path=path,
@@ -176,6 +190,7 @@ def _side_expect(check: Checker, expect: Mapping[str, Any], side: str) -> SideEx
         listener=raw.get("listener"),
         reset_in=raw.get("reset_in", ()),
         timer_restarted=raw.get("timer_restarted", {}),
+        counters=raw.get("counters", {}),
     )
 
 

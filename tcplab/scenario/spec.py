@@ -6,6 +6,7 @@ A scenario is a TOML file::
 
     name = "lost-syn"
     title = "A lost SYN is sent again after the initial RTO"
+    title_zh = "..."         # optional: the title in Chinese
     teaches = "..."          # English
     teaches_zh = "..."       # Chinese
 
@@ -59,6 +60,8 @@ A scenario is a TOML file::
     timer_restarted = { TIME_WAIT = "150ms" }  # the state's timer was re-armed: the
                              # state ended (or, still in it at the end, will end) at
                              # least this much later than its timer said on entry
+    counters = { TcpExtListenOverflows = 1 }  # the namespace's kernel counters
+                             # (nstat names) rose by at least this while observed
 
     [[expect.segments]]      # in order: each matches a later segment than the one before
     from = "client"
@@ -106,6 +109,8 @@ HOUR = 3600.0
 
 SYSCTL_KEY = r"^net(\.[A-Za-z0-9_-]{1,64}){2,6}$"
 SYSCTL_VALUE = r"^[A-Za-z0-9_.:,/ -]{1,128}$"
+COUNTER_NAME = r"^(TcpExt|Tcp)[A-Za-z0-9]{1,48}$"
+"""A TCP counter as ``nstat`` names it (:mod:`core.netstat`)."""
 """A number, numbers separated by spaces (ip_local_port_range) or a name
 (tcp_congestion_control); the kernel checks the range when it is written."""
 
@@ -116,8 +121,8 @@ class Field:
 
     ``kind``: ``str``, ``int``, ``int-or-list``, ``bool``, ``duration``,
     ``choice``, ``choice-list``, ``str-list``, ``duration-pair``, ``duration-map``
-    (state → duration), ``sysctl-map``, ``server-close``, ``table`` and
-    ``table-list`` (with ``sub``)."""
+    (state → duration), ``count-map`` (name → whole number), ``sysctl-map``,
+    ``server-close``, ``table`` and ``table-list`` (with ``sub``)."""
 
     kind: str
     description: str
@@ -214,6 +219,9 @@ SIDE_EXPECT = {
     "timer_restarted": Field("duration-map", "state -> how much later than its timer said "
                              "on entry the state ends, at least", choices=STATE_NAMES,
                              maximum=HOUR),
+    "counters": Field("count-map", "nstat counter -> how much it rose while observed, at "
+                      "least", pattern=COUNTER_NAME, minimum=1, maximum=1_000_000_000,
+                      max_items=32, hint="an nstat name such as TcpExtListenOverflows"),
 }  # fmt: skip
 SEGMENT_EXPECT = {
     "from": Field("choice", "client | server", choices=("client", "server")),
@@ -242,6 +250,7 @@ TOP = {
         hint="use lowercase letters, digits and dashes",
     ),
     "title": Field("str", "one line", pattern=ONE_LINE, max_length=200),
+    "title_zh": Field("str", "the title in Chinese, one line", pattern=ONE_LINE, max_length=200),
     "teaches": Field("str", "what it shows, in English", max_length=20_000),
     "teaches_zh": Field("str", "what it shows, in Chinese", max_length=20_000),
     "lab": Field("table", "per-namespace sysctls", sub=LAB),
@@ -268,6 +277,16 @@ def known_sysctl(name: str) -> bool:
 # --- JSON Schema, from the same description ---------------------------------------------
 
 DURATION_PATTERN = r"^\s*(\d+(\.\d*)?|\.\d+)\s*(us|µs|ms|s|min|m|h)\s*$"
+
+
+def _count_map_schema(field: Field) -> dict[str, Any]:
+    count = {"type": "integer", "minimum": field.minimum, "maximum": field.maximum}
+    return {
+        "type": "object",
+        "propertyNames": {"pattern": field.pattern},
+        "additionalProperties": count,
+        "maxProperties": field.max_items,
+    }
 
 
 def _schema(field: Field) -> dict[str, Any]:
@@ -307,6 +326,8 @@ def _schema(field: Field) -> dict[str, Any]:
     elif kind == "duration-pair":
         duration = {"type": "string", "pattern": DURATION_PATTERN}
         out = {"type": "array", "items": duration, "minItems": 2, "maxItems": 2}
+    elif kind == "count-map":
+        out = _count_map_schema(field)
     elif kind == "duration-map":
         out = {
             "type": "object",

@@ -225,6 +225,17 @@ def _duration_map(v: Value) -> dict[str, float]:
     return {v.choice(state): v.duration(spelled) for state, spelled in v.value.items()}
 
 
+def _count_map(v: Value) -> dict[str, int]:
+    if not isinstance(v.value, dict) or len(v.value) > v.field.max_items:
+        raise v.bad(f"a table of name = number, at most {v.field.max_items}")
+    out: dict[str, int] = {}
+    for name, count in v.value.items():
+        if not re.fullmatch(v.field.pattern or "", name):
+            raise v.fail(f"{name!r} is not {v.field.hint or 'a counter name'}")
+        out[name] = v.number(count)
+    return out
+
+
 def _sysctl_map(v: Value) -> dict[str, dict[str, str]]:
     if not isinstance(v.value, dict):
         raise v.bad("a table of side = { key = value }")
@@ -273,6 +284,7 @@ KINDS: dict[str, Callable[[Value], Any]] = {
     "server-close": _server_close,
     "duration-pair": _duration_pair,
     "duration-map": _duration_map,
+    "count-map": _count_map,
     "sysctl-map": _sysctl_map,
     "table": _table,
     "table-list": _table,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,10 @@ import trio
 
 from core import events
 from core.events import Record, TcpState
-from tcplab import causality
+from tcplab import causality, runner, scenario, topology
 from tcplab.board import api, serve
 from tcplab.board.app import _sse, make_app
+from tcplab.board.backends import RunsBackend
 from tcplab.board.hub import Hub
 from tcplab.board.model import BoardModel, coalesce, shed
 from tcplab.board.service import Board
@@ -36,7 +38,7 @@ def fed(model: BoardModel, records: list[Record]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for placed in causality.order(records):
         out += model.feed(placed)
-    out += model.run_done([])
+    out += model.run_done({"en": []})
     return out
 
 
@@ -81,10 +83,91 @@ def test_sockets_left_in_time_wait_count_down_from_the_kernels_timer() -> None:
 def test_a_new_run_forgets_the_last_runs_sockets_and_starts_its_own_clock() -> None:
     model = BoardModel()
     fed(model, recorded())
-    out = model.new_run("lost-syn", "title", {"en": "x", "zh": "y"})
+    out = model.new_run("lost-syn", {"en": "title", "zh": "标题"}, {"en": "x", "zh": "y"})
     assert out[0]["status"] == "running"
     assert all(m["sockets"] == [] for m in out if m["type"] == "sockets")
     assert any(m["type"] == "divider" and m["scenario"] == "lost-syn" for m in out)
+
+
+def test_a_run_is_told_to_the_page_in_both_languages() -> None:
+    model = BoardModel()
+    (run, divider, *_) = model.new_run("lost-syn", {"en": "Lost", "zh": "丢失"}, {"en": "x"})
+    assert run["title"] == divider["title"] == {"en": "Lost", "zh": "丢失"}
+    assert run["failures"] == {"en": [], "zh": []}
+    (done,) = [m for m in model.run_done({"en": ["e"], "zh": ["中"]}) if m["type"] == "run"]
+    assert done["status"] == "failed" and done["failures"] == {"en": ["e"], "zh": ["中"]}
+    assert model.replay()[1] == done
+    assert model.run_done({"en": [], "zh": []})[-1]["status"] == "passed"
+
+
+def test_a_run_reported_from_outside_is_in_english() -> None:
+    model = BoardModel()
+    start = events.ScenarioStart(ts=1.0, component="client", scenario="x", title="A title")
+    (run, divider, *_) = model.feed(causality.Placed(start, 1.0, False))
+    assert run["title"] == divider["title"] == {"en": "A title"}
+    done = events.RunDone(
+        ts=2.0, component="runner", scenario="x", client_status=0, server_status=0,
+        proxy_status=0, failures=("client: no",), violations=(),
+    )  # fmt: skip
+    (last,) = [m for m in model.feed(causality.Placed(done, 2.0, False)) if m["type"] == "run"]
+    assert last["failures"] == {"en": ["client: no"]} and last["status"] == "failed"
+
+
+def test_the_boards_terminal_speaks_the_boards_language() -> None:
+    sc = scenario.load(scenario.find("lost-syn"))
+    echo = io.StringIO()
+    board = Board("t", lang="zh", echo=echo)
+    sent: list[dict[str, Any]] = []
+    board.on_message = sent.append
+    board.run_started(sc)
+    board.run_finished(sc, {"en": ["client: expected exit status 0, saw 1"],
+                            "zh": ["客户端：退出状态应为 0，实际为 1"]})  # fmt: skip
+    said = echo.getvalue()
+    assert f"lost-syn: {sc.title_zh}" in said and sc.title not in said
+    assert "有 1 项预期未满足：\n  ✗ 客户端：退出状态应为 0，实际为 1" in said
+    runs = [m for m in sent if m["type"] == "run"]
+    assert runs[0]["title"] == {"en": sc.title, "zh": sc.title_zh}
+    assert runs[0]["teaches"] == {"en": sc.teaches, "zh": sc.teaches_zh}
+    assert runs[-1]["failures"]["zh"] == ["客户端：退出状态应为 0，实际为 1"]
+    english = io.StringIO()
+    board = Board("t", echo=english)
+    board.run_started(sc)
+    board.run_finished(sc, {"en": [], "zh": []})
+    assert f"lost-syn: {sc.title}" in english.getvalue()
+    assert english.getvalue().rstrip().endswith("every expectation held ✓")
+
+
+async def test_the_boards_runs_are_checked_in_both_languages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sc = scenario.load(scenario.find("lost-last-ack"))
+    lab = topology.Lab(lab_id="t", forwarding=topology.Forwarding.PROXY)
+    monkeypatch.setattr(topology, "create", lambda spec: lab)
+    monkeypatch.setattr(topology, "destroy", lambda lab_id: [])
+
+    async def run_in_lab(lab: Any, opts: Any, on_event: Any, window: float) -> Any:
+        return runner.RunResult(
+            lab_id="t",
+            records=recorded(),
+            client_status=1,
+            server_status=0,
+            proxy_status=0,
+            stray=[],
+            timed_out=True,
+        )
+
+    monkeypatch.setattr(runner, "run_in_lab", run_in_lab)
+    told: list[dict[str, list[str]]] = []
+    async with trio.open_nursery() as nursery:
+        runs = RunsBackend(nursery, lambda placed: None, lambda sc: None,
+                           lambda sc, failures: told.append(failures))  # fmt: skip
+        runs.start(sc)
+        await runs.wait_idle()
+    (failures,) = told
+    assert failures == {
+        "en": ["the run did not end within its deadline", "client: expected exit status 0, saw 1"],
+        "zh": ["运行没有在时限内结束", "客户端：退出状态应为 0，实际为 1"],
+    }
 
 
 def test_thousands_of_connections_keep_the_model_bounded() -> None:

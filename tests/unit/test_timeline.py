@@ -342,3 +342,15 @@ def test_the_page_scales_its_svg_and_names_cjk_fonts() -> None:
         f"translate(0,{timeline.HEADER_H + i * timeline.ROW_H})" for i in range(len(drawn))
     ]
     assert timeline.HEADER_H + len(drawn) * timeline.ROW_H <= height
+
+
+def test_a_chinese_page_has_the_chinese_title_and_failures() -> None:
+    page = timeline.render_html(
+        recorded("lost-last-ack"),
+        title="lost-last-ack: 最后一个 ACK 丢了：TIME_WAIT 为什么存在",
+        failures=["客户端：退出状态应为 0，实际为 1"],
+        lang="zh",
+    )
+    assert "<title>lost-last-ack: 最后一个 ACK 丢了：TIME_WAIT 为什么存在</title>" in page
+    assert "<h1>lost-last-ack: 最后一个 ACK 丢了：TIME_WAIT 为什么存在</h1>" in page
+    assert "<h2>未满足的预期</h2><ul><li>客户端：退出状态应为 0，实际为 1</li></ul>" in page
