@@ -21,6 +21,12 @@ unanswered probe the kernel resets the connection and the blocked read
 fails with ETIMEDOUT.  ``--user-timeout D`` (TCP_USER_TIMEOUT) makes the
 kernel give up, also with ETIMEDOUT, on data unacknowledged that long.
 
+``--send-bytes N`` replaces the conversation with one bulk write: N bytes
+without a newline, written as fast as the kernel takes them, nothing read
+back, then the close policy.  Against a server that does not read, the
+bytes its receive window cannot take stay in the client's send queue, and
+an ``active`` close queues the FIN behind them (FIN_WAIT1 with data unsent).
+
 ``--count N`` connections, ``--concurrency M`` at a time.  Failures are
 reported with the errno name (ECONNREFUSED, ETIMEDOUT, ECONNRESET,
 EADDRNOTAVAIL…), and the exit status is 1 if any conversation failed.
@@ -179,12 +185,17 @@ class Client:
     async def _talk(
         self, sock: trio.socket.SocketType, key: common.Key, log: Any, conn: str
     ) -> bool:
-        """The scripted exchange and the close policy; True if the socket is kept."""
+        """The scripted exchange (or the one bulk write of ``--send-bytes``) and
+        the close policy; True if the socket is kept."""
         reader = LineReader(self.args.max_message)
         policy = self.args.close
         try:
             with trio.fail_after(self.args.reply_timeout):
-                for text in self.args.send:
+                bulk = self.args.send_bytes
+                if bulk is not None:
+                    # one write and no conversation: nothing is read back
+                    await send_logged(sock, BULK_BYTE * bulk, log, conn)
+                for text in self.args.send if bulk is None else ():
                     line = text.encode() + b"\n"
                     await send_logged(sock, line, log, conn)
                     echo = await self._read_line(sock, reader, log, key, conn)
@@ -266,6 +277,11 @@ class Client:
         close = closing.client_close(self.args.close, gone=gone)
         common.close_logged(sock, log, conn, close.how, abort=close.abort)
         self.observer.note(key, *close.facts)
+
+
+BULK_BYTE = b"x"
+"""What ``--send-bytes`` writes, N times over: no newline, so an echo server
+would answer none of it."""
 
 
 def set_timeouts(sock: socket.socket, args: ClientOptions) -> None:

@@ -234,6 +234,13 @@ class ServerOptions(CommonOptions):
         help="do not set SO_REUSEADDR on the listener: bind() fails with EADDRINUSE while "
         "a TIME_WAIT socket holds the port",
     )
+    no_accept: bool = switch(
+        "--no-accept",
+        False,
+        help="listen (with --backlog) but never call accept(): the kernel completes "
+        "handshakes into the accept queue, and the connections stay there until the server "
+        "exits (at SIGTERM; its observer still reports the listener and the queued sockets)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -250,6 +257,15 @@ class ClientOptions(CommonOptions):
         repeat=True,
         metavar="TEXT",
         help="a message to send and expect back (repeatable; default: hello)",
+    )
+    send_bytes: int | None = option(
+        "--send-bytes",
+        None,
+        parse=positive_int,
+        metavar="N",
+        help="instead of the --send lines: write N bytes (no newline) without waiting for "
+        "any reply, read nothing back, then close as --close says; whatever the server has "
+        "not taken waits in the send queue, the FIN behind it (1 to 1000000)",
     )
     count: int = option("--count", 1, parse=positive_int, metavar="N", help="connections to make")
     concurrency: int = option(
@@ -310,6 +326,8 @@ class ClientOptions(CommonOptions):
             raise ValueError("--send: at least one message")
         for text in self.send:
             one_line(text)
+        if self.send_bytes is not None and not 1 <= self.send_bytes <= MAX_COUNT:
+            raise ValueError(f"--send-bytes: not from 1 to {MAX_COUNT}")
         for flag, value in (
             ("--keepalive-idle", self.keepalive_idle),
             ("--keepalive-interval", self.keepalive_interval),

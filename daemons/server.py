@@ -24,7 +24,10 @@ data flowing from CLOSE_WAIT, the reason a teardown needs four segments.
 client's bytes still in its receive queue, and Linux answers that close()
 with RST instead of FIN (RFC 2525 §2.17).  ``--no-reuseaddr`` leaves
 SO_REUSEADDR off the listener, so a restart fails with EADDRINUSE while a
-TIME_WAIT socket holds the port.
+TIME_WAIT socket holds the port.  ``--no-accept`` listens but never calls
+accept(): the kernel still completes handshakes into the accept queue (up to
+``--backlog``), and those connections wait there, established, until the
+server is stopped (SIGTERM) and its listener closes.
 
 The server survives clients that reset, vanish (``--idle-timeout``) or send
 garbage (lines over ``--max-message`` bytes end the connection with an
@@ -130,6 +133,10 @@ class Server:
         task_status.started()
         async with trio.open_nursery() as nursery:
             try:
+                if self.args.no_accept:
+                    # the handshakes complete in the kernel; the program never
+                    # takes a connection off the accept queue
+                    await trio.sleep_forever()
                 await self._accept_all(listener, backlog, nursery)
             finally:
                 common.call_logged(

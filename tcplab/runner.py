@@ -19,8 +19,7 @@ import dataclasses
 import os
 import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
 import trio
@@ -28,6 +27,7 @@ import trio
 from core import options
 from core.events import App, Record, TcpState
 from core.policies import ClosePolicy
+from core.rules import Rule
 from core.units import format_duration
 from daemons.options import ClientOptions, ServerOptions
 from proxy.options import ProxyOptions
@@ -47,6 +47,8 @@ class RunOptions:
     server_close: str = "immediate"
     client_close: str = "active"
     send: tuple[str, ...] = ("hello",)
+    send_bytes: int | None = None
+    """The client writes this many bytes instead of the ``send`` lines (None: the lines)."""
     count: int = 1
     concurrency: int = 1
     ipv6: bool = False
@@ -64,6 +66,8 @@ class RunOptions:
     """The server drops a connection silent this long (None: its default)."""
     connect_timeout: float | None = None
     """The client gives up connecting after this long (None: its default)."""
+    reply_timeout: float | None = None
+    """The client gives up on a connection's exchange after this long (None: its default)."""
     forwarding: topology.Forwarding = topology.Forwarding.PROXY
     """Who forwards in the middle: the proxy (default), or the kernel."""
     proxy: ProxyOptions = dataclasses.field(default_factory=ProxyOptions)
@@ -76,6 +80,10 @@ class RunOptions:
     """The server reads nothing and closes this long after accepting (None: it echoes)."""
     reuseaddr: bool = True
     """The server sets SO_REUSEADDR on its listener."""
+    no_accept: bool = False
+    """The server listens but never calls accept()."""
+    backlog: int | None = None
+    """The server's listen() backlog (None: the namespace's somaxconn)."""
     restart: bool = False
     """Once the server has exited, start it again (the same options) and
     stop it once it is listening: whether it can bind its port again."""
@@ -154,6 +162,8 @@ def server_options(
         trace=trace if opts.trace else None,
         unread=opts.unread,
         reuseaddr=opts.reuseaddr,
+        no_accept=opts.no_accept,
+        backlog=opts.backlog,
     )
     if opts.idle_timeout is not None:
         server = dataclasses.replace(server, idle_timeout=opts.idle_timeout)
@@ -170,6 +180,7 @@ def client_options(
         connect=(host, opts.client_port or opts.port),
         close=opts.client_close,
         send=opts.send,
+        send_bytes=opts.send_bytes,
         count=opts.count,
         concurrency=opts.concurrency,
         observe_for=opts.observe_for,
@@ -182,6 +193,8 @@ def client_options(
     )
     if opts.connect_timeout is not None:
         client = dataclasses.replace(client, connect_timeout=opts.connect_timeout)
+    if opts.reply_timeout is not None:
+        client = dataclasses.replace(client, reply_timeout=opts.reply_timeout)
     return client
 
 
@@ -213,6 +226,13 @@ def control_path(lab: topology.Lab) -> str:
 
 READY_TIMEOUT_S = 15
 """How long a daemon may take to say it is ready (or to exit trying)."""
+
+
+def keeps_back_syns(rules: Iterable[Rule]) -> bool:
+    """Whether a rule may hold or delay a client's SYN (tag syn; retransmit when sent
+    again; none: any) past its conversation: an old duplicate (RFC 793 figure 9)."""
+    kept = [r for r in rules if r.action in ("delay", "hold") and r.match.from_ != "server"]
+    return any(r.match.tag in (None, "syn", "retransmit") for r in kept)
 
 
 class _Run:
@@ -259,7 +279,10 @@ class _Run:
     async def converse(self, nursery: trio.Nursery) -> None:
         """The server, then the client once the server is ready; return when
         both are done (the server stopped if it does not end by itself)."""
-        argv = daemon_argv("daemons.server", lab_server_options(self.lab, self.opts))
+        server_opts = lab_server_options(self.lab, self.opts)
+        if keeps_back_syns(self.opts.proxy.rules):  # a closed port would refuse the late SYN
+            server_opts = dataclasses.replace(server_opts, max_conns=None)
+        argv = daemon_argv("daemons.server", server_opts)
         self.server = server = await start_daemon("server", argv, nursery, self.lines)
         with trio.fail_after(READY_TIMEOUT_S):
             await first_of(server.ready, server.exited)
@@ -278,10 +301,8 @@ class _Run:
         exited: it binds its port or fails (EADDRINUSE); if it comes up it
         is stopped at once.  It runs without an observer: the sockets of the
         port are the first server's, and its report of them stands."""
-        again_opts = dataclasses.replace(
-            lab_server_options(self.lab, self.opts), observer=False, trace=None
-        )
-        argv = daemon_argv("daemons.server", again_opts)
+        first = lab_server_options(self.lab, self.opts)
+        argv = daemon_argv("daemons.server", dataclasses.replace(first, observer=False, trace=None))
         self.restarted = again = await start_daemon("server", argv, nursery, self.lines)
         with trio.fail_after(READY_TIMEOUT_S):
             await first_of(again.ready, again.exited)
@@ -368,6 +389,7 @@ def scenario_options(sc: Scenario, *, pace: float | None = None) -> RunOptions:
         server_close=str(server.get("close", "immediate")),
         client_close=str(client.get("close", "active")),
         send=tuple(client.get("send", ("hello",))),
+        send_bytes=client.get("send_bytes"),
         count=int(client.get("count", 1)),
         concurrency=int(client.get("concurrency", 1)),
         ipv6=bool(client.get("ipv6", False)),
@@ -380,9 +402,12 @@ def scenario_options(sc: Scenario, *, pace: float | None = None) -> RunOptions:
         deadline=sc.deadline,
         idle_timeout=server.get("idle_timeout"),
         connect_timeout=client.get("connect_timeout"),
+        reply_timeout=client.get("reply_timeout"),
         proxy=sc.proxy_options(pace=pace),
         unread=server.get("unread"),
         reuseaddr=bool(server.get("reuseaddr", True)),
+        no_accept=bool(server.get("no_accept", False)),
+        backlog=server.get("backlog"),
         restart=bool(server.get("restart", False)),
         keepalive_idle=client.get("keepalive_idle"),
         keepalive_interval=client.get("keepalive_interval"),
@@ -415,17 +440,10 @@ def unwrap_interrupt() -> Iterator[None]:
         raise
 
 
-def wall_now() -> float:
-    return time.time()
-
-
 def have_net_admin() -> bool:
     """CAP_NET_ADMIN (bit 12) in the effective set, read from /proc."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("CapEff:"):
-                    return bool(int(line.split()[1], 16) & (1 << 12))
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) & (1 << 12))
     return os.geteuid() == 0

@@ -19,15 +19,19 @@ A scenario is a TOML file::
     port = 7007              # where it listens (the client connects to [client] port)
     unread = "300ms"         # read nothing; close this long after accepting (RST)
     reuseaddr = true         # SO_REUSEADDR on the listener
+    no_accept = false        # listen, never accept(): connections wait in the queue
+    backlog = 1              # listen()'s backlog (default: net.core.somaxconn)
     restart = false          # once it has exited, start it again (and stop it)
 
     [client]
     close = "active"         # active | shutdown | passive | abort | never
     send = ["hello"]
+    send_bytes = 200000      # instead of send: write this many bytes, read nothing back
     count = 1
     concurrency = 1
     port = 7007
     connect_timeout = "10s"
+    reply_timeout = "10s"    # the exchange on one connection must end within this
     keepalive_idle = "1s"    # SO_KEEPALIVE and TCP_KEEPIDLE (whole seconds)
     keepalive_interval = "1s"  # TCP_KEEPINTVL
     keepalive_count = 3      # TCP_KEEPCNT
@@ -158,16 +162,24 @@ SERVER = {
     "idle_timeout": _duration("per-connection idle timeout", minimum=0.001),
     "unread": _duration("read nothing; close this long after accepting (RST: data unread)"),
     "reuseaddr": Field("bool", "set SO_REUSEADDR on the listener (default true)"),
+    "no_accept": Field("bool", "listen but never accept(): connections stay in the accept "
+                       "queue until the server is stopped (default false)"),
+    "backlog": Field("int", "listen() backlog (default: net.core.somaxconn)", minimum=1,
+                     maximum=65535),
     "restart": Field("bool", "once the server has exited, start it again and stop it"),
 }  # fmt: skip
 CLIENT = {
     "close": Field("choice", " | ".join(CLIENT_POLICIES), choices=CLIENT_POLICIES),
     "send": Field("str-list", "messages, one line each", pattern=ONE_LINE, max_length=65536,
                   max_items=1000),
+    "send_bytes": Field("int", "instead of send: write this many bytes, read nothing back, "
+                        "then close", minimum=1, maximum=1_000_000),
     "count": Field("int", "connections", minimum=1, maximum=100_000),
     "concurrency": Field("int", "connections at a time", minimum=1, maximum=10_000),
     "port": Field("int", "port to connect to", minimum=1, maximum=65535),
     "connect_timeout": _duration("give up connecting after", minimum=0.001),
+    "reply_timeout": _duration("give up on a connection's exchange after (ETIMEDOUT)",
+                               minimum=0.001),
     "ipv6": Field("bool", "talk over IPv6"),
     "keepalive_idle": _duration("SO_KEEPALIVE on; TCP_KEEPIDLE (whole seconds)", minimum=1.0,
                                 maximum=32767.0, step=1.0),

@@ -540,3 +540,27 @@ async def test_a_failing_control_socket_is_logged_and_the_proxy_goes_on(
     ((event, fields),) = logged
     assert event == LogMessage.EVENT and fields["log_level"] == "error"
     assert "forwarding goes on without it" in fields["message"]
+
+
+@pytest.mark.parametrize(
+    ("specs", "late"),
+    [
+        ([("delay", "client:syn@1=2s")], True),
+        ([("hold", "syn@1")], True),
+        ([("delay", "any=100ms")], True),
+        ([("delay", "client:retransmit@1=1s")], True),
+        ([("drop", "client:syn@1")], False),
+        ([("delay", "server:syn=1s")], False),
+        ([("delay", "fin=60ms"), ("delay", "fin-ack=100ms")], False),
+        ([("delay", "client:data=500ms")], False),
+        ([], False),
+    ],
+)
+def test_which_rules_may_bring_a_syn_late(specs: list[tuple[str, str]], late: bool) -> None:
+    """A delay or hold that can match a client's SYN: the runner then lets
+    the server accept without a limit, so that its listener is still there
+    when the SYN comes late."""
+    from core.rules import parse_cli
+    from tcplab.runner import keeps_back_syns
+
+    assert keeps_back_syns(parse_cli(action, text) for action, text in specs) is late

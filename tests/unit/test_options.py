@@ -86,11 +86,13 @@ STRATEGIES: dict[type, dict[str, Any]] = {
         "farewell": st.none() | one_line,
         "unread": st.none() | durations,
         "reuseaddr": st.booleans(),
+        "no_accept": st.booleans(),
     },
     ClientOptions: {
         **COMMON,
         "connect": endpoints,
         "send": st.lists(one_line, min_size=1, max_size=4).map(tuple),
+        "send_bytes": st.none() | counts,
         "count": counts,
         "concurrency": counts,
         "close": st.sampled_from(CLIENT_POLICIES),
@@ -180,6 +182,9 @@ def test_rules_keep_their_order_across_actions() -> None:
         (ClientOptions, ["--keepalive-count", "128"], "--keepalive-count: not a number of probes"),
         (ClientOptions, ["--user-timeout", "0ms"], "--user-timeout: 0s: whole milliseconds"),
         (ClientOptions, ["--user-timeout", "1500us"], "whole milliseconds"),
+        (ClientOptions, ["--send-bytes", "0"], "--send-bytes: not a whole number from 1"),
+        (ClientOptions, ["--send-bytes", "64k"], "--send-bytes: not a whole number from 1"),
+        (ClientOptions, ["--send-bytes", "1000001"], "--send-bytes: not a whole number from 1"),
     ],
 )
 def test_a_bad_option_is_named(
@@ -208,3 +213,18 @@ def test_any_keepalive_option_turns_keepalive_on() -> None:
     assert not ClientOptions().keepalive
     assert ClientOptions(keepalive_count=3).keepalive
     assert ClientOptions(keepalive_idle=1.0).keepalive
+
+
+def test_a_server_that_never_accepts_is_a_switch() -> None:
+    assert server_daemon.parse_args([]).no_accept is False
+    opts = server_daemon.parse_args(["--no-accept", "--backlog", "4"])
+    assert (opts.no_accept, opts.backlog) == (True, 4)
+    assert options.to_argv(ServerOptions(no_accept=True)) == ["--no-accept"]
+
+
+def test_a_bulk_send_is_a_count_of_bytes() -> None:
+    assert client_daemon.parse_args([]).send_bytes is None
+    assert client_daemon.parse_args(["--send-bytes", "200000"]).send_bytes == 200_000
+    assert options.to_argv(ClientOptions(send_bytes=5)) == ["--send-bytes=5"]
+    with pytest.raises(ValueError, match="--send-bytes: not from 1"):
+        ClientOptions(send_bytes=0)

@@ -130,6 +130,10 @@ def test_conversation_options_given_replace_the_scenarios(
         ),
         ("user-timeout", lambda o, s, c: c.user_timeout == 2.0 and not c.keepalive),
         ("handshake-and-teardown", lambda o, s, c: not o.restart and s.unread is None),
+        (
+            "fin-wait1-zero-window",
+            lambda o, s, c: s.unread == 8.0 and c.send_bytes == 200_000 and c.close == "active",
+        ),
     ],
 )
 def test_a_scenarios_socket_options_reach_the_daemons(name: str, check: Any) -> None:
@@ -205,3 +209,10 @@ def test_every_run_option_is_covered_here() -> None:
         "--board", "--listen", "--allow-remote",
     }  # fmt: skip
     assert options == covered
+
+
+def test_a_server_that_never_accepts_reaches_the_daemon() -> None:
+    server, _client, _proxy = daemons(runner.RunOptions(no_accept=True))
+    assert server.no_accept
+    server, _client, _proxy = daemons(runner.RunOptions())
+    assert not server.no_accept
