@@ -146,6 +146,7 @@ class Observer:
         say so; one look after both tells what both did.  Without facts (an
         accept) there is no look either when the socket is already known to
         be ESTABLISHED: the call changed nothing."""
+        self.tracker.own(key)
         for fact in facts:
             self.tracker.note(key, fact)
         traced = self._tracer is not None

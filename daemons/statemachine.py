@@ -74,6 +74,14 @@ class SocketTracker:
         self.traced = traced
         self._socks: dict[Key, Tracked] = {}
         self._pending_facts: dict[Key, set[Known]] = {}
+        self._owned: dict[Key, None] = {}
+        """Sockets the program has (it accepted or connected them): what
+        happens to one, it would see; the others (a connection still in the
+        accept queue) are nobody's, and may be reset unseen."""
+        self._ended: dict[Key, None] = {}
+        """Sockets that ended and have not been seen again: a fact told
+        about one now is about the socket that ended, not a new one with
+        the same four-tuple."""
         self._connects = PortlessConnects()
         self._closed_at: dict[Key, float] = {}
         """Sockets the trace saw close, and when: a dump begun before that may
@@ -103,11 +111,20 @@ class SocketTracker:
 
     # --- what the owner knows ------------------------------------------------
 
+    def own(self, key: Key) -> None:
+        """The program has the socket ``key`` (it accepted or connected it)."""
+        if key not in self._socks and key in self._ended:
+            return
+        _bounded_add(self._owned, key)
+
     def note(self, key: Key, fact: Fact) -> None:
         """The owning program knows ``fact`` about the socket ``key``."""
         if fact not in FACTS:
             raise ValueError(f"unknown fact {fact!r}")
         tracked = self._socks.get(key)
+        if tracked is None and key in self._ended:
+            return  # about the socket that ended: not a new one's to inherit
+        self.own(key)
         facts = tracked.facts if tracked else self._pending_facts.setdefault(key, set())
         if fact == "snd_fin" and "rcv_fin" in facts and "snd_fin" not in facts:
             facts.add("fin_after_peer")
@@ -191,6 +208,7 @@ class SocketTracker:
         if event.new == CLOSED and minisock is None:
             self._socks.pop(key, None)
             self._remember_closed(key, event.ts)
+            self._end(key)
         return out
 
     # --- sock_diag ---------------------------------------------------------------
@@ -311,7 +329,7 @@ class SocketTracker:
             tracked.sock = "timewait"
         out: list[TcpState] = []
         if state != tracked.state:
-            out = tracked.on_poll(state, snap, now, seen_after, vouched=self.vouched)
+            out = tracked.on_poll(state, snap, now, seen_after, vouched=self._vouched(key))
         tracked.last = snap
         return out
 
@@ -320,9 +338,19 @@ class SocketTracker:
         if tracked is None or (self.traced and tracked.owner == "trace"):
             return []
         del self._socks[key]
+        vouched = self._vouched(key)
+        self._end(key)
         if tracked.state == CLOSED:
             return []
-        return tracked.on_poll(CLOSED, None, now, seen_after, vouched=self.vouched)
+        return tracked.on_poll(CLOSED, None, now, seen_after, vouched=vouched)
+
+    def _vouched(self, key: Key) -> bool:
+        return self.vouched and key in self._owned
+
+    def _end(self, key: Key) -> None:
+        self._owned.pop(key, None)
+        self._pending_facts.pop(key, None)
+        _bounded_add(self._ended, key)
 
     def _new(self, key: Key, state: str) -> Tracked:
         role = self.role_of(key)
@@ -337,4 +365,13 @@ class SocketTracker:
             last=None,
         )
         self._socks[key] = tracked
+        self._ended.pop(key, None)
         return tracked
+
+
+def _bounded_add(keys: dict[Key, None], key: Key) -> None:
+    """``key`` into an ordered set that keeps the newest :data:`MAX_CLOSED`."""
+    keys.pop(key, None)
+    keys[key] = None
+    if len(keys) > MAX_CLOSED:
+        del keys[next(iter(keys))]

@@ -77,6 +77,38 @@ def test_without_facts_a_vanished_socket_is_reported_as_seen() -> None:
     assert steps(t, SERVER, ["ESTABLISHED", None])[-1] == ("ESTABLISHED", "CLOSED", "poll")
 
 
+def test_a_connection_never_accepted_is_nobodys_and_may_end_in_a_reset() -> None:
+    # still in the accept queue when the listener closed: the kernel reset it,
+    # and no program was there to say so
+    queued = SocketTracker(passive_ports=[7007], vouched=True)
+    assert steps(queued, SERVER, ["CLOSE_WAIT", None])[-1] == ("CLOSE_WAIT", "CLOSED", "poll")
+    # accepted, and the program knows of no reset: it closed, so LAST_ACK
+    accepted = SocketTracker(passive_ports=[7007], vouched=True)
+    accepted.own(SERVER)
+    assert steps(accepted, SERVER, ["CLOSE_WAIT", None])[-2:] == [
+        ("CLOSE_WAIT", "LAST_ACK", "inferred"),
+        ("LAST_ACK", "CLOSED", "poll"),
+    ]
+
+
+def test_facts_about_a_socket_that_ended_are_not_a_new_ones_with_its_four_tuple() -> None:
+    t = SocketTracker(passive_ports=[7007], vouched=True, traced=True)
+    for old, new, ts in (("LISTEN", "SYN_RECV", 0.1), ("SYN_RECV", "ESTABLISHED", 0.2)):
+        t.trace(TraceTransition(SERVER, 1, old, new, ts))
+    t.own(SERVER)
+    t.trace(TraceTransition(SERVER, 1, "ESTABLISHED", "CLOSED", 0.5))
+    # the program closes the socket that ended, after the kernel did
+    t.note(SERVER, "snd_fin")
+    t.note(SERVER, "closed")
+    # an old duplicate SYN of the same four-tuple: a request socket (no
+    # tracepoint for it), seen by one poll, then gone
+    seen = t.update({SERVER: Snapshot(SERVER, "SYN_RECV")}, 2.0) + t.update({}, 3.0)
+    assert [(c.old, c.new, c.source) for c in seen] == [
+        ("CLOSED", "SYN_RECV", "poll"),
+        ("SYN_RECV", "CLOSED", "poll"),
+    ]
+
+
 def test_reset_fact_prefers_the_rst_path() -> None:
     t = SocketTracker(passive_ports=[7007], vouched=True)
     steps(t, SERVER, ["ESTABLISHED"])
