@@ -176,6 +176,10 @@ class Tracked:
                 child = event.old == "LISTEN" and self.role is not None
                 self.since = None if child else ts
             return out
+        if looked_up is not None:
+            # the minisock's state is what the lookup saw, then: a dump begun
+            # before it may show an older one (FIN_WAIT2 before the peer's FIN)
+            self.changed_at = max(ts, looked_up)
         return out + self._hand_over(event, minisock, in_old, looked_up)
 
     def _hand_over(

@@ -109,6 +109,27 @@ def test_facts_about_a_socket_that_ended_are_not_a_new_ones_with_its_four_tuple(
     ]
 
 
+def test_a_dump_begun_before_the_handover_lookup_cannot_take_the_minisock_back() -> None:
+    # the server closed first; its orphan's FIN_WAIT2 was handed to a
+    # timewait minisock, which the peer's FIN had already moved to TIME_WAIT
+    # when the lookup found it; a dump begun before that still lists it in
+    # its FIN_WAIT2 substate
+    t = SocketTracker(passive_ports=[7007], vouched=True, traced=True)
+    for old, new, ts in (
+        ("LISTEN", "SYN_RECV", 0.1),
+        ("SYN_RECV", "ESTABLISHED", 0.2),
+        ("ESTABLISHED", "FIN_WAIT1", 0.3),
+        ("FIN_WAIT1", "FIN_WAIT2", 0.4),
+    ):
+        t.trace(TraceTransition(SERVER, 1, old, new, ts))
+    tw = Snapshot(SERVER, "TIME_WAIT", timer="timewait", expires_ms=60000)
+    handed = t.trace(TraceTransition(SERVER, 1, "FIN_WAIT2", "CLOSED", 0.5), tw, 0.52)
+    assert [(c.old, c.new) for c in handed][-1] == ("FIN_WAIT2", "TIME_WAIT")
+    stale = Snapshot(SERVER, "FIN_WAIT2", timer="timewait", expires_ms=59000)
+    assert t.update({SERVER: stale}, 0.53, started=0.51) == []
+    assert t.state_of(SERVER) == "TIME_WAIT"
+
+
 def test_reset_fact_prefers_the_rst_path() -> None:
     t = SocketTracker(passive_ports=[7007], vouched=True)
     steps(t, SERVER, ["ESTABLISHED"])
