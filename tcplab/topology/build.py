@@ -216,13 +216,18 @@ def create(spec: LabSpec | None = None) -> Lab:
 @contextlib.contextmanager
 def lab(spec: LabSpec | None = None) -> Iterator[Lab]:
     """``with lab() as l: ...`` — the lab exists inside the block and is gone
-    after it, however the block ends."""
-    built = create(spec)
+    after it, however the block ends.  Ctrl-C while it is being built waits
+    until it is (a second or so): interrupted inside a pyroute2 call, an
+    object is left half-made, and its event loop dies noisily at exit."""
+    built: Lab | None = None
     try:
+        with _sigint_deferred():
+            built = create(spec)
         yield built
     finally:
-        with _sigint_deferred():
-            destroy(built.lab_id)
+        if built is not None:
+            with _sigint_deferred():
+                destroy(built.lab_id)
 
 
 @contextlib.contextmanager
