@@ -394,10 +394,11 @@ class Observer:
             return netstat.read()
 
     def stop_record(self, reason: str) -> ObserverStop:
+        looked = time.time()  # the counters are as of now: the moment before the read
         left = [r for r in self.remaining() if r["state"] != "LISTEN"]
         counters = netstat.moved(self._counters, self.read_counters()) if self._counters else None
         return ObserverStop(
-            ts=time.time(),
+            ts=looked,
             reason=reason,
             remaining=tuple(left),
             polls=self.polls,
