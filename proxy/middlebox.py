@@ -154,8 +154,20 @@ class Middlebox:
     ) -> Output:
         """One frame read on ``port_name`` at ``now`` (the scheduling clock);
         ``arrival`` is the kernel's receive timestamp of it (wall clock)."""
-        out = Output()
         self.counters["frames_in"] += 1
+        return self._handle(port_name, frame, now, arrival, csum_not_ready)
+
+    def _handle(
+        self,
+        port_name: str,
+        frame: bytes | bytearray | memoryview,
+        now: float,
+        arrival: float,
+        csum_not_ready: bool,
+    ) -> Output:
+        """What :meth:`receive` does with a frame, also for a frame parked
+        while its connection left the express lane (read, and counted, once)."""
+        out = Output()
         dst_mac = bytes(frame[:6])
         if dst_mac != self.ports[port_name].mac:
             # broadcast / multicast (IEEE 802's group bit: the first octet's
@@ -257,9 +269,7 @@ class Middlebox:
         else:
             del self.lanes[key]
             for port_name, frame, not_ready, arrival in lane.parked:
-                out.extend(
-                    self.receive(port_name, frame, now, arrival=arrival, csum_not_ready=not_ready)
-                )
+                out.extend(self._handle(port_name, frame, now, arrival, not_ready))
         return out
 
     def express_failed(self, lane: ExpressLane, now: float) -> Output:

@@ -309,6 +309,15 @@ def test_parked_express_segment_keeps_its_own_arrival() -> None:
     assert seg.tags == ("fin",) and seg.ts == WALL + 0.02
 
 
+def test_a_parked_frame_is_counted_once_when_it_is_let_go() -> None:
+    mb, lane, fin = express_lane_and_its_fin()
+    before = dict(mb.counters)
+    receive(mb, "mc0", fin, 0.02, arrival=WALL + 0.02)
+    mb.express_done(lane, "remove", 0.5)
+    assert mb.counters["frames_in"] == before["frames_in"] + 1
+    assert mb.counters["segments"] == before["segments"] + 1
+
+
 # --- segments the middlebox keeps: logged on arrival and when they leave ---------
 
 
