@@ -42,7 +42,7 @@ from typing import IO, Any
 from core.proc import child_env
 from core.recordsink import RecordSink
 from core.units import format_duration
-from proxy.options import ProxyOptions
+from proxy.options import LOG_SEGMENT_MODES, LogSegments, ProxyOptions
 from tcplab import runner
 from tcplab import scenario as scenariomod
 
@@ -84,6 +84,18 @@ def prepare_endpoint(own_subnet: str, other_subnet: str, via: str) -> str:
         index = ip.link_lookup(ifname=ifname)[0]
         ip.route("replace", dst=other_subnet, gateway=via, oif=index)
     return ifname
+
+
+def log_segments(value: str) -> LogSegments:
+    """The proxy's ``--log-segments`` from ``LOG_SEGMENTS`` (compose.yaml):
+    ``control`` unless told otherwise — the handshake, teardown, resets,
+    retransmits and every segment a rule touches are logged, the rest
+    counted, and established connections no rule needs may take the
+    express lane; ``all`` logs every data segment too, at a cost."""
+    value = value.strip() or "control"
+    if value not in LOG_SEGMENT_MODES:
+        raise ValueError(f"LOG_SEGMENTS={value!r}: expected one of {', '.join(LOG_SEGMENT_MODES)}")
+    return value  # type: ignore[return-value]
 
 
 def scenarios(names: str) -> list[scenariomod.Scenario]:
@@ -218,7 +230,13 @@ def run_role(role: str, names: str, pause: float, once: bool) -> int:
             back = interface_in(SERVER_SUBNET)
             os.makedirs(os.path.dirname(CONTROL), exist_ok=True)
             # the client puts each scenario's rules in through the control socket
-            proxy = ProxyOptions(log_format="json", front=front, back=back, control=CONTROL)
+            proxy = ProxyOptions(
+                log_format="json",
+                front=front,
+                back=back,
+                control=CONTROL,
+                log_segments=log_segments(os.environ.get("LOG_SEGMENTS", "")),
+            )
             return relay.run(runner.daemon_argv("proxy", proxy))
         prepare_endpoint(CLIENT_SUBNET, SERVER_SUBNET, PROXY_FRONT)
         server = os.environ.get("TCPLAB_SERVER", SERVER_ADDR)

@@ -159,6 +159,6 @@ def cmd_role(args: argparse.Namespace) -> int:
 
     try:
         return roles.run_role(args.role, args.scenario, args.pause, args.once)
-    except (scenario.ScenarioError, RuntimeError, OSError) as exc:
+    except (scenario.ScenarioError, RuntimeError, OSError, ValueError) as exc:
         print(f"tcplab role {args.role}: {exc}", file=sys.stderr)
         return 1

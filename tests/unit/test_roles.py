@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core import rules
 from daemons import client as client_daemon
 from daemons import server as server_daemon
@@ -42,3 +44,11 @@ def test_rule_tables_are_the_scenarios_rules_under_their_names() -> None:
     assert [(r.match, r.action, r.delay) for r in parsed] == [
         (r.match, r.action, r.delay) for r in sc.rules
     ]
+
+
+def test_the_proxy_logs_control_segments_unless_told_otherwise() -> None:
+    assert roles.log_segments("") == "control"
+    assert roles.log_segments("all") == "all"
+    assert roles.log_segments(" none ") == "none"
+    with pytest.raises(ValueError, match=r"LOG_SEGMENTS='every'.*all, control, none"):
+        roles.log_segments("every")
