@@ -283,3 +283,53 @@ def test_bad_directions_are_refused() -> None:
         bpf_prog.bytecode(dataclasses.replace(direction(V4), src_mac=b"\x02"))
     with pytest.raises(ValueError, match="ifindex"):
         bpf_prog.bytecode(dataclasses.replace(direction(V4), out_ifindex=0))
+
+
+# --- detection at start ---------------------------------------------------------------
+
+
+class Log:
+    """Collects what the proxy logs: ``(event, fields)``."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, object]]] = []
+
+    def __getattr__(self, level: str) -> object:
+        return lambda event, **fields: self.lines.append((event, fields))
+
+
+def _fails(*_args: object) -> None:
+    raise OSError(1, "Operation not permitted")
+
+
+@pytest.mark.parametrize(
+    ("tc_ok", "bpf_ok", "expected", "available"),
+    [
+        (True, True, (True, True), None),
+        (True, False, (True, False), "mirrored"),
+        (False, True, (False, False), None),
+    ],
+)
+async def test_setup_detects_which_lane_the_kernel_offers(
+    monkeypatch: pytest.MonkeyPatch,
+    tc_ok: bool,
+    bpf_ok: bool,
+    expected: tuple[bool, bool],
+    available: str | None,
+) -> None:
+    import proxy.__main__ as proxy_main
+    from proxy import bpf_lane
+
+    monkeypatch.setattr(proxy_main, "_express_setup", (lambda _names: None) if tc_ok else _fails)
+    monkeypatch.setattr(proxy_main, "_express_teardown", lambda _names: None)
+    monkeypatch.setattr(bpf_lane, "probe", (lambda _port: None) if bpf_ok else _fails)
+    log = Log()
+    args = proxy_main.parse_args(["--log-segments", "control"])
+    assert await proxy_main._setup_express(args, log, ["mc0", "ms0"]) == expected
+    unavailable = [fields for event, fields in log.lines if event == "express_unavailable"]
+    if expected == (True, True):
+        assert unavailable == []
+    else:
+        (only,) = unavailable  # one record, saying why
+        assert "not permitted" in str(only["reason"])
+        assert only.get("available") == available
