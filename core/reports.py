@@ -81,6 +81,9 @@ class DaemonReady(Record):
     pcap: str | None = None
     log_segments: str | None = None
     express: bool | None = None
+    express_rewrite: bool | None = None
+    """The express lane can also rewrite MACs (cls_bpf, proxy/bpf_prog.py),
+    so it works where the ports do not wear mirrored MACs."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -184,13 +187,17 @@ class RulesChanged(Record):
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class ExpressUnavailable(Record):
-    """proxy: the kernel fast lane could not be set up; every frame goes
-    through the proxy."""
+    """proxy: the kernel fast lane, or its MAC-rewriting kind, could not be
+    set up (logged once, at start)."""
 
     EVENT: ClassVar[str] = EXPRESS_UNAVAILABLE
     LEVEL: ClassVar[str] = "warning"
 
     reason: str
+    available: str | None = None
+    """The lane kind still there: ``mirrored`` (the kernel forwards only
+    where the ports wear mirrored MACs), or None: every frame goes through
+    the proxy."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)

@@ -32,7 +32,7 @@ import trio
 from core import logs, netns, options, proc
 from core.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 from core.rules import RuleError
-from proxy import capture, control, express, forward, rules
+from proxy import bpf_lane, capture, control, express, forward, rules
 from proxy.controller import Controller
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, RouteTable
@@ -117,12 +117,17 @@ def _build_middlebox(args: ProxyOptions, engine: rules.RuleEngine) -> tuple[Midd
     return middlebox, ports
 
 
-async def _setup_express(args: ProxyOptions, log: Any, names: list[str]) -> bool:
-    """Whether the express lane runs: set up when ``--express on``, or
-    ``auto`` while not every segment is logged.  If tc cannot set it up,
-    ``on`` raises and ``auto`` logs why and goes on without it."""
+async def _setup_express(args: ProxyOptions, log: Any, names: list[str]) -> tuple[bool, bool]:
+    """Whether the express lane runs, and whether it can rewrite MACs.
+
+    It is set up when ``--express on``, or ``auto`` while not every segment
+    is logged.  If tc cannot set it up, ``on`` raises and ``auto`` logs why
+    and goes on without it.  Then a trivial eBPF program is loaded and
+    attached for a moment: if that fails (no CAP_BPF, a seccomp filter, a
+    kernel without cls_bpf), the lane serves only connections whose MACs are
+    mirrored, and the record says why."""
     if not (args.express == "on" or (args.express == "auto" and args.log_segments != "all")):
-        return False
+        return False, False
     try:
         await trio.to_thread.run_sync(_express_setup, names)
     except OSError as exc:
@@ -132,8 +137,14 @@ async def _setup_express(args: ProxyOptions, log: Any, names: list[str]) -> bool
         # no tc, or a kernel without clsact/u32/mirred: every frame
         # through the proxy, which is correct, only slower
         emit(log, ExpressUnavailable(ts=time.time(), reason=str(exc)))
-        return False
-    return True
+        return False, False
+    try:
+        await trio.to_thread.run_sync(bpf_lane.probe, names[0])
+    except OSError as exc:
+        reason = f"no MAC-rewriting lane (cls_bpf): {exc}"
+        emit(log, ExpressUnavailable(ts=time.time(), reason=reason, available="mirrored"))
+        return True, False
+    return True, True
 
 
 def _open_interfaces(ports: list[Port], lane: bool) -> list[forward.Interface]:
@@ -204,7 +215,7 @@ async def _start_control(
     nursery.start_soon(_serve_control, control_sock, Path(path), controller, log)
 
 
-def _ready(args: ProxyOptions, engine: rules.RuleEngine, lane: bool) -> DaemonReady:
+def _ready(args: ProxyOptions, engine: rules.RuleEngine, middlebox: Middlebox) -> DaemonReady:
     return DaemonReady(
         ts=time.time(),
         front=args.front,
@@ -214,7 +225,8 @@ def _ready(args: ProxyOptions, engine: rules.RuleEngine, lane: bool) -> DaemonRe
         control=str(args.control) if args.control else None,
         pcap=str(args.pcap) if args.pcap else None,
         log_segments=args.log_segments,
-        express=lane,
+        express=middlebox.express_enabled,
+        express_rewrite=middlebox.express_rewrite if middlebox.express_enabled else None,
     )
 
 
@@ -224,7 +236,6 @@ async def _forward_until_signal(
     engine: rules.RuleEngine,
     middlebox: Middlebox,
     forwarder: forward.Forwarder,
-    lane: bool,
 ) -> str:
     """Forward and serve the control socket until SIGTERM or SIGINT; the
     status to log: ``terminated`` or ``interrupted``."""
@@ -242,7 +253,7 @@ async def _forward_until_signal(
             await nursery.start(forwarder.run)
             if args.control:
                 await _start_control(nursery, args.control, middlebox, forwarder, log)
-            emit(log, _ready(args, engine, lane))
+            emit(log, _ready(args, engine, middlebox))
             # keep the signal receiver installed for as long as we forward
             await trio.sleep_forever()
     return status
@@ -273,8 +284,8 @@ async def amain(
 ) -> int:
     middlebox, ports = _build_middlebox(args, engine)
     names = [p.name for p in ports]
-    lane = await _setup_express(args, log, names)
-    middlebox.express_enabled = lane
+    lane, rewrite = await _setup_express(args, log, names)
+    middlebox.express_enabled, middlebox.express_rewrite = lane, rewrite
     interfaces = _open_interfaces(ports, lane)
     writer = _open_capture(args.pcap, names)
     middlebox.describe_every_segment = writer is not None
@@ -287,7 +298,7 @@ async def amain(
     status = "ok"
     error: str | None = None
     try:
-        status = await _forward_until_signal(args, log, engine, middlebox, forwarder, lane)
+        status = await _forward_until_signal(args, log, engine, middlebox, forwarder)
     except BaseException as exc:
         status, error = "error", describe_error(exc)
         raise

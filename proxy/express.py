@@ -18,10 +18,14 @@ taken by the kernel lane or seen by the proxy — never both, never neither,
 also while a connection's filters come and go.  (An AF_PACKET socket on the
 port itself sees frames before tc does, express or not.)
 
-The kernel lane cannot rewrite Ethernet headers (this kernel has no
-``act_pedit``), so it works only where the middlebox's ports wear mirrored
-MACs — the client-side port has the server's MAC and vice versa, as the lab
-builds them; the proxy checks this per connection.  Express frames keep
+A ``u32`` lane cannot rewrite Ethernet headers (no ``act_pedit`` here),
+so it serves only connections whose frames may cross unchanged: the
+middlebox's ports wear mirrored MACs — the client-side port has the
+server's MAC and vice versa, as the lab builds them; the proxy checks this
+per connection.  Elsewhere (a compose network) a connection's filters are
+``cls_bpf`` programs that rewrite the MACs (:mod:`proxy.bpf_prog`), when
+the kernel and the proxy's privileges allow them; they sit at the same
+priorities and are removed the same way.  Express frames keep
 their TTL.  When a FIN or RST of an express connection reaches the proxy,
 it removes the connection's filters before forwarding it (a few
 milliseconds), so the teardown's ACKs come back through the proxy and are

@@ -41,7 +41,7 @@ from typing import Any, Literal
 import trio
 
 from core.events import Record, emit
-from proxy import express
+from proxy import bpf_lane, express
 from proxy.lanes import MAX_EXPRESS
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
@@ -224,18 +224,31 @@ class Forwarder:
         self._deliver(self.middlebox.express_recall())
 
     async def _lane_loop(self) -> None:
-        """Install and remove express filters, one at a time, off the loop."""
+        """Install and remove express filters, one at a time, off the loop:
+        ``u32`` ones for a lane of mirrored MACs, ``cls_bpf`` ones for a lane
+        that rewrites them; either kind is removed by its priority."""
         mb = self.middlebox
         op: Literal["add", "remove"]
         async for op, lane in self._lane_inbox:
-            if op == "add":
-                commands = express.add_commands(
-                    lane.slot, lane.client, lane.server, mb.front, mb.back
+            if op == "add" and lane.rewrite is not None:
+                work = functools.partial(
+                    bpf_lane.add_lane,
+                    lane.slot,
+                    (lane.client, lane.server),
+                    (lane.rewrite.to_server, lane.rewrite.to_client),
+                    (mb.front, mb.back),
+                )
+            elif op == "add":
+                work = functools.partial(
+                    express.run_tc,
+                    express.add_commands(lane.slot, lane.client, lane.server, mb.front, mb.back),
                 )
             else:
-                commands = express.remove_commands(lane.slot, mb.front, mb.back)
+                work = functools.partial(
+                    express.run_tc, express.remove_commands(lane.slot, mb.front, mb.back)
+                )
             try:
-                await trio.to_thread.run_sync(express.run_tc, commands)
+                await trio.to_thread.run_sync(work)
             except OSError as exc:
                 self.lane_errors.append(str(exc))
                 self.lane_error_count += 1

@@ -7,9 +7,13 @@ keeps track of each one while it has them:
 
 - eligibility: an established connection, not reset, no FIN yet
   (:func:`may_enter`), while no rule could want its data or pure ACKs and
-  nothing is paced (:func:`rules_allow`); the middlebox also checks that the
-  ports wear the endpoints' mirrored MACs, since the kernel lane cannot
-  rewrite Ethernet headers;
+  nothing is paced (:func:`rules_allow`);
+- its kind (:func:`kind_for`): where the ports wear the endpoints' mirrored
+  MACs, ``u32`` filters pass frames on unchanged (:mod:`proxy.express`);
+  elsewhere, when the kernel allows it, ``cls_bpf`` filters rewrite the
+  MACs (:mod:`proxy.bpf_prog`); else the connection stays in the proxy.  A
+  lane keeps the MACs it was given: a neighbour that changes its MAC
+  meanwhile is not followed (the proxy learns it only from what it sees);
 - at most :data:`MAX_EXPRESS` connections at once, each in a numbered slot
   (its filters' priority);
 - leaving: a FIN, RST or SYN of an express connection takes the connection
@@ -45,6 +49,17 @@ _EXIT_FLAGS = wire.FIN | wire.RST | wire.SYN
 _LANE_TAGS = frozenset({None, "data", "ack", "retransmit"})
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Rewrite:
+    """The Ethernet addresses a MAC-rewriting lane writes, ``(destination,
+    source)`` per direction."""
+
+    to_server: tuple[bytes, bytes]
+    """Out of the back port: the server's next hop, the back port's MAC."""
+    to_client: tuple[bytes, bytes]
+    """Out of the front port: the client's next hop, the front port's MAC."""
+
+
 @dataclasses.dataclass(slots=True)
 class ExpressLane:
     """One connection's place in the kernel lane (see :mod:`proxy.express`)."""
@@ -53,6 +68,8 @@ class ExpressLane:
     client: tuple[str, int]
     server: tuple[str, int]
     state: Literal["installing", "on", "leaving"] = "installing"
+    rewrite: Rewrite | None = None
+    """None: frames cross unchanged (mirrored MACs, ``u32`` filters)."""
     parked: list[tuple[str, bytes, bool, float]] = dataclasses.field(default_factory=list)
     """Frames waiting for the lane to close: ``(port, frame, csum_not_ready,
     arrival)``."""
@@ -81,11 +98,30 @@ def may_enter(flow: Flow, lanes: Lanes) -> bool:
     )
 
 
-def enter(lanes: Lanes, flow: Flow) -> ExpressLane:
+def kind_for(
+    hops: tuple[bytes | None, bytes | None], ports: tuple[bytes, bytes], rewrite: bool
+) -> Literal["mirrored"] | Rewrite | None:
+    """How a connection rides the lane, given the MACs of its next hops
+    ``(client side, server side)`` and of the ports ``(front, back)``:
+    ``mirrored`` when frames may cross unchanged, a :class:`Rewrite` when
+    they must not and the kernel can rewrite them (``rewrite``), None when
+    it stays in the proxy (a MAC unknown, or no rewriting lane)."""
+    client_hop, server_hop = hops
+    front, back = ports
+    if client_hop is None or server_hop is None:
+        return None
+    if client_hop == back and server_hop == front:
+        return "mirrored"
+    if not rewrite:
+        return None
+    return Rewrite(to_server=(server_hop, back), to_client=(client_hop, front))
+
+
+def enter(lanes: Lanes, flow: Flow, rewrite: Rewrite | None = None) -> ExpressLane:
     """Give ``flow`` a lane in the lowest free slot."""
     used = {lane.slot for lane in lanes.values()}
     slot = next(i for i in range(MAX_EXPRESS + 1) if i not in used)
-    lane = ExpressLane(slot, flow.client, flow.server)
+    lane = ExpressLane(slot, flow.client, flow.server, rewrite=rewrite)
     lanes[(flow.client, flow.server)] = lane
     return lane
 

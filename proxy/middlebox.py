@@ -123,6 +123,9 @@ class Middlebox:
         self.express_enabled = False
         """Hand established connections to the kernel lane when no rule can
         touch their data (the shell sets this when it built the lane)."""
+        self.express_rewrite = False
+        """The kernel lane can rewrite MACs (cls_bpf): connections whose
+        frames must change their Ethernet header may enter it too."""
         self.lanes: lanesmod.Lanes = {}
         self.front, self.back = list(self.ports)[:2] if len(self.ports) >= 2 else ("", "")
         self._last_expire = 0.0
@@ -344,16 +347,26 @@ class Middlebox:
 
     def _maybe_express(self, flow: flowsmod.Flow, now: float, out: Output) -> None:
         """Hand ``flow`` to the kernel lane if it may enter (:mod:`proxy.lanes`)
-        and the ports wear its endpoints' mirrored MACs."""
+        and its frames can cross as they are (mirrored MACs) or the kernel
+        can rewrite their MACs (:attr:`express_rewrite`)."""
         if not lanesmod.may_enter(flow, self.lanes) or not self.express_allowed():
             return
-        # the kernel lane keeps Ethernet headers: only with mirrored MACs
-        front, back = self.ports[self.front], self.ports[self.back]
-        client_mac = self.neighbours.lookup(self.front, flow.client[0], now)
-        server_mac = self.neighbours.lookup(self.back, flow.server[0], now)
-        if client_mac != back.mac or server_mac != front.mac:
+        # its client on the front port, its server on the back: their next hops
+        to_client = self.routes.lookup(flow.client[0])
+        to_server = self.routes.lookup(flow.server[0])
+        if to_client is None or to_server is None:
             return
-        lane = lanesmod.enter(self.lanes, flow)
+        if (to_client[0], to_server[0]) != (self.front, self.back):
+            return
+        hops = (
+            self.neighbours.lookup(self.front, to_client[1], now),
+            self.neighbours.lookup(self.back, to_server[1], now),
+        )
+        macs = (self.ports[self.front].mac, self.ports[self.back].mac)
+        kind = lanesmod.kind_for(hops, macs, self.express_rewrite)
+        if kind is None:
+            return
+        lane = lanesmod.enter(self.lanes, flow, None if kind == "mirrored" else kind)
         self.counters["express_connections"] += 1
         out.express_add.append(lane)
 

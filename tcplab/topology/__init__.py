@@ -24,7 +24,9 @@ it off, and the middlebox process forwards frames itself.
 
 The middlebox's ports wear mirrored MACs (``mc0`` has the server's, ``ms0``
 the client's), so a frame can cross it unchanged: the proxy's express lane
-(``proxy/express.py``) relies on it.
+(``proxy/express.py``) then needs no rewriting.  ``LabSpec(mirrored_macs=False)``
+keeps the veths' random MACs, as in a compose network, where the lane must
+rewrite them (``proxy/bpf_prog.py``).
 
 The endpoint veths get TX checksum offload, TSO and GSO turned off, so that
 every frame on the wire is one real segment with a finished checksum — a

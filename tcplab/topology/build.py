@@ -151,14 +151,10 @@ def _build(lab: Lab, spec: LabSpec) -> None:
     # and its server-side port the client's.  Each endpoint still sees one
     # gateway MAC, but a frame can now cross the middlebox with its Ethernet
     # header unchanged — which lets the proxy hand established connections to
-    # a kernel fast path that cannot rewrite MACs (proxy/express.py).
-    macs = {}
-    for ns, ifname in ((cli, CLIENT_IF), (srv, SERVER_IF)):
-        with IPRoute(netns=ns) as ip:
-            macs[ifname] = ip.get_links(_one(ip, ifname))[0].get_attr("IFLA_ADDRESS")
-    with IPRoute(netns=mbx) as ip:
-        ip.link("set", index=_one(ip, FRONT_IF), address=macs[SERVER_IF])
-        ip.link("set", index=_one(ip, BACK_IF), address=macs[CLIENT_IF])
+    # a kernel fast path with no MAC rewriting (proxy/express.py).  A spec
+    # may ask for the veths' own random MACs instead, as a compose network has.
+    if spec.mirrored_macs:
+        _mirror_macs(cli, mbx, srv)
 
     with IPRoute(netns=mbx) as ip:
         ip.link("set", index=_one(ip, "lo"), state="up")
@@ -177,6 +173,16 @@ def _build(lab: Lab, spec: LabSpec) -> None:
             raise TopologyError(f"sysctls: unknown side {side!r} (cli, mbx, srv)")
         for key, value in values.items():
             _write_sysctl(lab.ns(side), key, str(value))
+
+
+def _mirror_macs(cli: str, mbx: str, srv: str) -> None:
+    macs = {}
+    for ns, ifname in ((cli, CLIENT_IF), (srv, SERVER_IF)):
+        with IPRoute(netns=ns) as ip:
+            macs[ifname] = ip.get_links(_one(ip, ifname))[0].get_attr("IFLA_ADDRESS")
+    with IPRoute(netns=mbx) as ip:
+        ip.link("set", index=_one(ip, FRONT_IF), address=macs[SERVER_IF])
+        ip.link("set", index=_one(ip, BACK_IF), address=macs[CLIENT_IF])
 
 
 def set_forwarding(lab: Lab, mode: Forwarding) -> None:

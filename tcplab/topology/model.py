@@ -89,6 +89,10 @@ class LabSpec:
     lab_id: str | None = None
     persistent: bool = False
     """Kept after the creating process exits (``tcplab lab up``)."""
+    mirrored_macs: bool = True
+    """The middlebox's ports wear the endpoints' mirrored MACs; False: the
+    random ones their veths were made with, as Docker gives its
+    interfaces (the proxy's express lane must then rewrite MACs)."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ import pytest
 
 from core import rules as grammar
 from core.events import VERDICTS, FrameDropped, Record, Segment
-from proxy import headers, neighbour_frames, neighbours, rules, wire
+from proxy import headers, lanes, neighbour_frames, neighbours, rules, wire
 from proxy.counters import DROP_LOG_BURST, DROP_LOG_RATE, DropLog
 from proxy.lanes import MAX_PARKED, ExpressLane
 from proxy.middlebox import Middlebox, Output
@@ -526,6 +526,47 @@ def test_no_express_lane_when_rules_need_data_or_macs_differ() -> None:
     mb.express_done(lane, "add", 0.0)
     mb.engine.add(grammar.parse_cli("drop", "data@1"))
     assert mb.express_recall().express_remove == [lane]
+
+
+def test_lane_kind_follows_the_macs() -> None:
+    ports = (FRONT_MAC, BACK_MAC)
+    mirrored = (BACK_MAC, FRONT_MAC)
+    assert lanes.kind_for(mirrored, ports, rewrite=False) == "mirrored"
+    assert lanes.kind_for(mirrored, ports, rewrite=True) == "mirrored"
+    assert lanes.kind_for((CLIENT_MAC, SERVER_MAC), ports, rewrite=False) is None
+    assert lanes.kind_for((CLIENT_MAC, SERVER_MAC), ports, rewrite=True) == lanes.Rewrite(
+        to_server=(SERVER_MAC, BACK_MAC), to_client=(CLIENT_MAC, FRONT_MAC)
+    )
+    assert lanes.kind_for((None, SERVER_MAC), ports, rewrite=True) is None
+
+
+def test_a_lane_rewrites_macs_where_they_are_not_mirrored() -> None:
+    mb = box(log_segments="control")
+    mb.express_enabled = mb.express_rewrite = True
+    established(mb)
+    (lane,) = receive(mb, "mc0", from_client(wire.ACK, 101, 501), 0.0).express_add
+    assert lane.rewrite == lanes.Rewrite(
+        to_server=(SERVER_MAC, BACK_MAC), to_client=(CLIENT_MAC, FRONT_MAC)
+    )
+    assert mb.counters["express_connections"] == 1
+    # with mirrored MACs the frames cross unchanged: no rewriting
+    mb = mirrored_box(log_segments="control")
+    mb.express_rewrite = True
+    established(mb)
+    (lane,) = receive(
+        mb, "mc0", from_client(wire.ACK, 101, 501, gateway=SERVER_MAC), 0.0
+    ).express_add
+    assert lane.rewrite is None
+
+
+def test_no_lane_for_a_connection_the_ports_do_not_route_as_client_and_server() -> None:
+    mb = box(log_segments="control")
+    mb.express_enabled = mb.express_rewrite = True
+    # the "client" is on the back port: the server side opened it
+    receive(mb, "ms0", from_server(wire.SYN, 500), 0.0)
+    receive(mb, "mc0", from_client(wire.SYN | wire.ACK, 100, 501), 0.0)
+    out = receive(mb, "ms0", from_server(wire.ACK, 501, 101), 0.0)
+    assert len(out.frames) == 1 and out.express_add == []
 
 
 def test_express_commands() -> None:
