@@ -95,7 +95,7 @@ def log_segments(value: str) -> LogSegments:
     value = value.strip() or "control"
     if value not in LOG_SEGMENT_MODES:
         raise ValueError(f"LOG_SEGMENTS={value!r}: expected one of {', '.join(LOG_SEGMENT_MODES)}")
-    return value  # type: ignore[return-value]
+    return value
 
 
 def scenarios(names: str) -> list[scenariomod.Scenario]:
