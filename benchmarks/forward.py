@@ -24,6 +24,14 @@ established connections with no rule on their data ride the kernel express
 lane (proxy/express.py); and with ``--log-segments all``, where every frame
 goes through the Python forwarder and is logged.  The delay precision runs
 use the proxy path (a delay rule on data turns the express lane off).
+
+``--modes`` picks what is measured against the kernel in each round, for
+instance ``--modes off --no-delay`` for just the every-frame path with data
+logging off (``--log-segments control --express off``: every frame goes
+through the Python forwarder, only control segments are logged).  A mode is
+``all``, ``control``, ``none`` (``--log-segments`` that, express lane
+``auto``) or ``off`` (``control`` with ``--express off``).  ``/proc/loadavg``
+is printed before and after: another process loading the CPU skews a run.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from core import control, netns
 from proxy.options import ProxyOptions
@@ -131,8 +140,11 @@ def round_trips(lab: topology.Lab, count: int) -> list[float]:
 
 
 @contextlib.contextmanager
-def proxy_running(lab: topology.Lab, log_segments: str) -> Iterator[str]:
-    """The proxy forwarding in the middle; yields its control socket path."""
+def proxy_running(lab: topology.Lab, mode: str) -> Iterator[str]:
+    """The proxy forwarding in the middle; yields its control socket path.
+    ``mode`` is a ``--log-segments`` value, or ``off``: ``control`` with the
+    express lane off."""
+    log_segments, express = ("control", "off") if mode == "off" else (mode, "auto")
     topology.set_forwarding(lab, topology.Forwarding.PROXY)
     path = runner.control_path(lab)
     argv = runner.daemon_argv(
@@ -142,6 +154,7 @@ def proxy_running(lab: topology.Lab, log_segments: str) -> Iterator[str]:
             log_format="json",
             control=path,
             log_segments=log_segments,  # type: ignore[arg-type]
+            express=express,
         ),
     )
     with tempfile.TemporaryFile() as log:
@@ -173,6 +186,8 @@ def label(mode: str) -> str:
         return "kernel"
     if mode == "all":
         return "proxy --log-segments all (every frame through Python)"
+    if mode == "off":
+        return "proxy --log-segments control --express off (every frame through Python)"
     return f"proxy --log-segments {mode} (express lane)"
 
 
@@ -181,18 +196,46 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def delay_precision(lab: topology.Lab, mode: str) -> dict[float, list[float]]:
+    """Per delay D: the absolute error from D of each echo's added round trip."""
+    errors: dict[float, list[float]] = {}
+    with proxy_running(lab, mode) as path:
+        base = statistics.median(round_trips(lab, 500))
+        for delay, samples in ((0.005, 200), (0.050, 60), (0.500, 30)):
+            answer = control.request(
+                path,
+                {"op": "add", "action": "delay", "rule": f"client:data={delay * 1000:g}ms"},
+            )
+            assert answer["ok"], answer
+            measured = round_trips(lab, samples)
+            control.request(path, {"op": "rm", "name": answer["name"]})
+            errors[delay] = [abs((m - base) - delay) for m in measured]
+    return errors
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--megabytes", type=int, default=100)
     parser.add_argument("--round-trips", type=int, default=2000)
     parser.add_argument("--log-segments", default="control", choices=["all", "control", "none"])
+    parser.add_argument(
+        "--modes",
+        default=None,
+        help="comma-separated proxy modes to measure: all, control, none, off "
+        "(default: --log-segments's, then all)",
+    )
+    parser.add_argument("--no-delay", action="store_true", help="skip the delay precision runs")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("needs root (it builds a lab)", file=sys.stderr)
         return 1
 
-    modes = ["kernel", args.log_segments, "all"]
+    chosen = args.modes.split(",") if args.modes else [args.log_segments, "all"]
+    if not set(chosen) <= {"all", "control", "none", "off"}:
+        parser.error(f"unknown mode in --modes {args.modes!r}")
+    modes = ["kernel", *chosen]
+    print(f"loadavg before: {Path('/proc/loadavg').read_text().strip()}", flush=True)
     with topology.lab() as lab:
         tput: dict[str, list[float]] = {m: [] for m in modes}
         rtt: dict[str, list[float]] = {m: [] for m in modes}
@@ -206,19 +249,9 @@ def main() -> int:
                 line.append(f"{label(mode)} {gbits:.2f} Gbit/s rtt {micros:.0f} us")
             print(f"round {i + 1}: " + " | ".join(line), flush=True)
 
-        errors: dict[float, list[float]] = {}
-        with proxy_running(lab, args.log_segments) as path:
-            base = statistics.median(round_trips(lab, 500))
-            for delay, samples in ((0.005, 200), (0.050, 60), (0.500, 30)):
-                answer = control.request(
-                    path,
-                    {"op": "add", "action": "delay", "rule": f"client:data={delay * 1000:g}ms"},
-                )
-                assert answer["ok"], answer
-                measured = round_trips(lab, samples)
-                control.request(path, {"op": "rm", "name": answer["name"]})
-                errors[delay] = [abs((m - base) - delay) for m in measured]
+        errors = {} if args.no_delay else delay_precision(lab, args.log_segments)
 
+    print(f"loadavg after: {Path('/proc/loadavg').read_text().strip()}")
     print()
     print(f"{args.rounds} alternating rounds; medians")
     for mode in modes[1:]:
