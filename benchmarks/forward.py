@@ -30,7 +30,9 @@ instance ``--modes off --no-delay`` for just the every-frame path with data
 logging off (``--log-segments control --express off``: every frame goes
 through the Python forwarder, only control segments are logged).  A mode is
 ``all``, ``control``, ``none`` (``--log-segments`` that, express lane
-``auto``) or ``off`` (``control`` with ``--express off``).  ``/proc/loadavg``
+``auto``) or ``off`` (``control`` with ``--express off``); with ``-ring``
+appended (``off-ring``), the proxy reads frames from its receive ring
+(``--rx-ring auto``, proxy/rxring.py) instead of one per ``recvmsg``.  ``/proc/loadavg``
 is printed before and after: another process loading the CPU skews a run.
 """
 
@@ -144,7 +146,8 @@ def proxy_running(lab: topology.Lab, mode: str) -> Iterator[str]:
     """The proxy forwarding in the middle; yields its control socket path.
     ``mode`` is a ``--log-segments`` value, or ``off``: ``control`` with the
     express lane off."""
-    log_segments, express = ("control", "off") if mode == "off" else (mode, "auto")
+    base, _, reader = mode.partition("-")
+    log_segments, express = ("control", "off") if base == "off" else (base, "auto")
     topology.set_forwarding(lab, topology.Forwarding.PROXY)
     path = runner.control_path(lab)
     argv = runner.daemon_argv(
@@ -155,6 +158,7 @@ def proxy_running(lab: topology.Lab, mode: str) -> Iterator[str]:
             control=path,
             log_segments=log_segments,  # type: ignore[arg-type]
             express=express,
+            rx_ring="auto" if reader == "ring" else "off",
         ),
     )
     with tempfile.TemporaryFile() as log:
@@ -184,11 +188,13 @@ def kernel_forwarding(lab: topology.Lab) -> Iterator[None]:
 def label(mode: str) -> str:
     if mode == "kernel":
         return "kernel"
-    if mode == "all":
-        return "proxy --log-segments all (every frame through Python)"
-    if mode == "off":
-        return "proxy --log-segments control --express off (every frame through Python)"
-    return f"proxy --log-segments {mode} (express lane)"
+    base, _, reader = mode.partition("-")
+    suffix = " --rx-ring auto" if reader == "ring" else ""
+    if base == "all":
+        return f"proxy --log-segments all{suffix} (every frame through Python)"
+    if base == "off":
+        return f"proxy --log-segments control --express off{suffix} (every frame through Python)"
+    return f"proxy --log-segments {base}{suffix} (express lane)"
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -222,7 +228,8 @@ def main() -> int:
     parser.add_argument(
         "--modes",
         default=None,
-        help="comma-separated proxy modes to measure: all, control, none, off "
+        help="comma-separated proxy modes to measure: all, control, none, off, "
+        "each optionally with -ring "
         "(default: --log-segments's, then all)",
     )
     parser.add_argument("--no-delay", action="store_true", help="skip the delay precision runs")
@@ -232,7 +239,8 @@ def main() -> int:
         return 1
 
     chosen = args.modes.split(",") if args.modes else [args.log_segments, "all"]
-    if not set(chosen) <= {"all", "control", "none", "off"}:
+    known = {"all", "control", "none", "off"}
+    if not set(chosen) <= known | {f"{m}-ring" for m in known}:
         parser.error(f"unknown mode in --modes {args.modes!r}")
     modes = ["kernel", *chosen]
     print(f"loadavg before: {Path('/proc/loadavg').read_text().strip()}", flush=True)

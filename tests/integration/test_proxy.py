@@ -327,3 +327,31 @@ async def test_express_lane_carries_the_data_and_gives_the_teardown_back() -> No
     assert tags[:3] == [("syn",), ("syn-ack",), ("handshake-ack",)]
     assert tags[-3:] == [("fin",), ("fin", "fin-ack"), ("fin-ack", "last-ack")]
     assert entered(result, "client", "TIME_WAIT").shown_new == "TIME_WAIT"
+
+
+async def test_rx_ring_reads_every_frame_with_the_kernels_receive_time(tmp_path: Path) -> None:
+    """With --rx-ring auto the proxy reads its ports through TPACKET_V3 rings
+    (no fallback logged): the conversation goes through, every segment is
+    logged with the kernel's receive time, and the capture agrees."""
+    pcap = tmp_path / "ring.pcapng"
+    result = await run("--rx-ring", "auto", send=("x" * 1000,) * 20, pcap=str(pcap))
+    fallbacks = [m for m in result.of("proxy", events.LogMessage) if m.logger == "proxy.rxring"]
+    assert not fallbacks, fallbacks
+    assert conversation_ok(result)
+    (done,) = result.of("proxy", DaemonDone)
+    counters = done.counters or {}
+    assert counters["frames_in"] == done.captured
+    logged = segs(result)
+    assert len(logged) == counters["segments"] >= 40
+    assert [s.tags for s in logged[:3]] == [("syn",), ("syn-ack",), ("handshake-ack",)]
+    # the kernel stamped each frame before the proxy sent it on
+    for s in logged:
+        assert s.sent_ts is not None and s.ts <= s.sent_ts < s.ts + 1.0
+    if shutil.which("tshark") is not None:
+        tshark = await trio.run_process(
+            ["tshark", "-r", str(pcap), "-Y", "tcp", "-T", "fields", "-e", "frame.time_epoch"],
+            capture_stdout=True,
+        )
+        stamps = [float(t) for t in tshark.stdout.decode().split()]
+        assert len(stamps) == len(logged)
+        assert all(abs(t - s.ts) < 2e-6 for t, s in zip(stamps, logged, strict=True))
