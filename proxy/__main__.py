@@ -32,7 +32,7 @@ import trio
 from core import logs, netns, options, proc
 from core.events import DaemonDone, DaemonReady, ExpressUnavailable, LogMessage, emit
 from core.rules import RuleError
-from proxy import bpf_lane, capture, control, express, forward, rules
+from proxy import bpf_lane, capture, control, express, forward, rules, rxring
 from proxy.controller import Controller
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, RouteTable
@@ -147,21 +147,50 @@ async def _setup_express(args: ProxyOptions, log: Any, names: list[str]) -> tupl
     return True, True
 
 
-def _open_interfaces(ports: list[Port], lane: bool) -> list[forward.Interface]:
+def _open_interfaces(
+    ports: list[Port], lane: bool, ring: bool, log: Any
+) -> list[forward.Interface]:
     """A packet socket per port.  With the express lane the proxy reads
     the port's shadow veth (what the lane does not pass on) and sends on
-    the port itself."""
+    the port itself.  With ``ring``, frames are read from a receive ring
+    (:mod:`proxy.rxring`); where the kernel refuses one, with ``recvmsg``,
+    and why is logged once."""
     interfaces = []
+    refused: list[str] = []
     for port in ports:
+        name = express.shadow_names(port.name)[1] if lane else port.name
+        sock, index, rx = _open_receiver(name, ring, refused)
+        iface = forward.Interface(port, index, sock, rx=rx)
+        interfaces.append(iface)
         if lane:
-            shadow = express.shadow_names(port.name)[1]
-            sock, index = forward.open_packet_socket(shadow)
-            sender, _ = forward.open_packet_socket(port.name, receive=False)
-            interfaces.append(forward.Interface(port, index, sock, sender))
-        else:
-            sock, index = forward.open_packet_socket(port.name)
-            interfaces.append(forward.Interface(port, index, sock))
+            iface.send_sock, _ = forward.open_packet_socket(port.name, receive=False)
+    if refused:
+        message = "no receive ring, reading one frame per recvmsg: " + "; ".join(refused)
+        emit(
+            log,
+            LogMessage(ts=time.time(), message=message, log_level="warning", logger="proxy.rxring"),
+        )
     return interfaces
+
+
+def _open_receiver(
+    name: str, ring: bool, refused: list[str]
+) -> tuple[Any, int, rxring.RxRing | None]:
+    """The receiving socket of interface ``name``, with its ring if ``ring``
+    and the kernel sets one up; if not, why is added to ``refused``."""
+    if ring:
+        rings: list[rxring.RxRing] = []
+        try:
+            sock, index = forward.open_packet_socket(
+                name, before_bind=lambda s: rings.append(rxring.attach(s))
+            )
+            return sock, index, rings[0]
+        except OSError as exc:
+            for rx in rings:
+                rx.close()
+            refused.append(f"{name}: {exc}")
+    sock, index = forward.open_packet_socket(name)
+    return sock, index, None
 
 
 def _open_capture(pcap: str | None, names: list[str]) -> capture.PcapWriter | None:
@@ -286,7 +315,7 @@ async def amain(
     names = [p.name for p in ports]
     lane, rewrite = await _setup_express(args, log, names)
     middlebox.express_enabled, middlebox.express_rewrite = lane, rewrite
-    interfaces = _open_interfaces(ports, lane)
+    interfaces = _open_interfaces(ports, lane, args.rx_ring == "auto", log)
     writer = _open_capture(args.pcap, names)
     middlebox.describe_every_segment = writer is not None
     forwarder = forward.Forwarder(

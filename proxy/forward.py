@@ -41,7 +41,7 @@ from typing import Any, Literal
 import trio
 
 from core.events import Record, emit
-from proxy import bpf_lane, express
+from proxy import bpf_lane, express, rxring
 from proxy.lanes import MAX_EXPRESS
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
@@ -84,12 +84,16 @@ class Interface:
     express mode (:mod:`proxy.express`)."""
     send_sock: socket.socket | None = None
     """Where frames leave, when that is not ``sock``."""
+    rx: rxring.RxRing | None = None
+    """``sock``'s receive ring, when it has one (:mod:`proxy.rxring`)."""
 
     @property
     def sender(self) -> socket.socket:
         return self.send_sock or self.sock
 
     def close(self) -> None:
+        if self.rx is not None:
+            self.rx.close()
         self.sock.close()
         if self.send_sock is not None:
             self.send_sock.close()
@@ -144,9 +148,16 @@ def discover(names: Iterable[str]) -> tuple[list[Port], list[Route], list[tuple[
     return ports, routes, neighbours
 
 
-def open_packet_socket(ifname: str, *, receive: bool = True) -> tuple[socket.socket, int]:
+def open_packet_socket(
+    ifname: str,
+    *,
+    receive: bool = True,
+    before_bind: Callable[[socket.socket], None] | None = None,
+) -> tuple[socket.socket, int]:
     """A non-blocking AF_PACKET socket bound to ``ifname``, and its index.
-    ``receive=False``: a socket only for sending (protocol 0 reads nothing)."""
+    ``receive=False``: a socket only for sending (protocol 0 reads nothing).
+    ``before_bind`` is called with the socket before it is bound (and can
+    still not receive anything)."""
     protocol = socket.htons(ETH_P_ALL) if receive else 0
     sock = socket.socket(
         socket.AF_PACKET, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC, protocol
@@ -165,6 +176,8 @@ def open_packet_socket(ifname: str, *, receive: bool = True) -> tuple[socket.soc
                 sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
             except PermissionError:
                 pass  # without CAP_NET_ADMIN the default buffers will do
+        if before_bind is not None:
+            before_bind(sock)
         # the address's protocol is host order: Python applies htons itself
         sock.bind((ifname, ETH_P_ALL if receive else 0))
         return sock, socket.if_nametoindex(ifname)
@@ -263,6 +276,9 @@ class Forwarder:
             self._deliver(mb.express_done(lane, op, trio.current_time()))
 
     async def _read_loop(self, iface: Interface) -> None:
+        if iface.rx is not None:
+            await self._read_ring(iface, iface.rx)
+            return
         sock = iface.sock
         name = iface.port.name
         buffer = bytearray(FRAME_BUFFER)
@@ -301,6 +317,22 @@ class Forwarder:
                     on_frame(name, frame, out, arrival)
                 self._deliver(out)
             await trio.lowlevel.checkpoint()
+
+    async def _read_ring(self, iface: Interface, rx: rxring.RxRing) -> None:
+        """Read ``iface``'s receive ring: the same per frame as ``recvmsg``."""
+        name = iface.port.name
+        receive = self.middlebox.receive
+        on_frame = self.on_frame
+        deliver = self._deliver
+        now = trio.current_time
+
+        def handle(frame: memoryview, arrival: float, not_ready: bool) -> None:
+            out = receive(name, frame, now(), arrival=arrival, csum_not_ready=not_ready)
+            if on_frame is not None:
+                on_frame(name, frame, out, arrival)
+            deliver(out)
+
+        await rxring.read(iface.sock, rx, handle, BATCH)
 
     def _deliver(self, out: Output) -> None:
         interfaces = self.interfaces

@@ -171,13 +171,13 @@ class Middlebox:
         """What :meth:`receive` does with a frame, also for a frame parked
         while its connection left the express lane (read, and counted, once)."""
         out = Output()
-        dst_mac = bytes(frame[:6])
+        dst_mac = frame[:6]  # compared in place: most frames are ours
         if dst_mac != self.ports[port_name].mac:
             # broadcast / multicast (IEEE 802's group bit: the first octet's
             # lowest), such as ARP and ND, or not ours: the kernel's business,
             # but ARP and ND teach us neighbours on the way
             self._to_kernel(
-                port_name, frame, now, out, teaches=bool(dst_mac[:1] and dst_mac[0] & 1)
+                port_name, frame, now, out, teaches=bool(len(dst_mac) and dst_mac[0] & 1)
             )
             return out
         try:
@@ -197,7 +197,7 @@ class Middlebox:
             return out
         # the sender is (usually) on-link: remember its MAC
         self._send_released(
-            self.neighbours.learn_passive(port_name, ip.src, bytes(frame[6:12]), now), out
+            self.neighbours.learn_passive(port_name, ip.src, parsed.eth.src, now), out
         )
         routed = router.route(
             frame,
@@ -296,8 +296,10 @@ class Middlebox:
 
     def next_wakeup(self) -> float | None:
         """When :meth:`tick` has something to do next (None: nothing pending)."""
-        times = [t for t in (self.delayed.next_due(), self.neighbours.next_due()) if t is not None]
-        return min(times, default=None)
+        delayed, retry = self.delayed.next_due(), self.neighbours.next_due()
+        if delayed is None or retry is None:
+            return retry if delayed is None else delayed
+        return min(delayed, retry)
 
     # --- internals -----------------------------------------------------------
 

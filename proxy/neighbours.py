@@ -349,6 +349,8 @@ class NeighbourTable:
         return out, dropped
 
     def next_due(self) -> float | None:
+        if not any(self._pending.values()):
+            return None  # nothing waits for a MAC: the common case, cheaply
         return min(
             (p.next_try for waiting in self._pending.values() for p in waiting.values()),
             default=None,

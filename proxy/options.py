@@ -44,6 +44,7 @@ FAULTS: tuple[str, ...] = ("rules", "pace")
 LogSegments = Literal["all", "control", "none"]
 LOG_SEGMENT_MODES: tuple[LogSegments, ...] = ("all", "control", "none")
 EXPRESS_MODES = ("auto", "on", "off")
+RX_RING_MODES = ("off", "auto")
 
 
 def _rule_parser(action: grammar.Action) -> Callable[[str], grammar.Rule]:
@@ -116,6 +117,14 @@ class ProxyOptions:
         choices=EXPRESS_MODES,
         help="hand established connections no rule can touch to a kernel fast path "
         "(auto: when --log-segments is not all; see proxy/express.py)",
+    )
+    rx_ring: str = option(
+        "--rx-ring",
+        "off",
+        choices=RX_RING_MODES,
+        help="auto: read frames in blocks from a memory-mapped TPACKET_V3 ring when the "
+        "kernel gives one (a lone segment waits up to 1 ms for its block; see "
+        "proxy/rxring.py); off: one recvmsg per frame",
     )
     log_format: logs.LogFormat = option("--log-format", "auto", choices=logs.FORMATS)
 

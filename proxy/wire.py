@@ -167,9 +167,17 @@ class Frame(NamedTuple):
         return self.tcp is not None
 
 
+def _flags_text(flags: int) -> str:
+    return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
+
+
+_FLAGS_TEXT = tuple(_flags_text(flags) for flags in range(256))
+"""Every TCP flags byte's letters, made once: a segment's are looked up."""
+
+
 def flags_text(flags: int) -> str:
     """``SA`` for SYN+ACK, ``FA``, ``PA``, ``R``… (letters in the order S F R P A U E C)."""
-    return "".join(letter for bit, letter in _FLAG_LETTERS if flags & bit)
+    return _FLAGS_TEXT[flags & 0xFF]
 
 
 _V4_CACHE: dict[bytes, str] = {}

@@ -15,6 +15,7 @@ the times at which two processes wrote their lines.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,9 @@ import pytest
 import trio
 
 import proxy.__main__ as proxy_main
-from core import control, events, tracefs
+from core import control, events, netns, tracefs
 from core.events import ConversationDone, DaemonDone, RulesChanged, Segment, TcpState
+from proxy import forward, rxring
 from proxy.options import ProxyOptions
 from tcplab import causality, causes, connview, runner, topology
 from tcplab.causality import Placed
@@ -327,3 +329,77 @@ async def test_express_lane_carries_the_data_and_gives_the_teardown_back() -> No
     assert tags[:3] == [("syn",), ("syn-ack",), ("handshake-ack",)]
     assert tags[-3:] == [("fin",), ("fin", "fin-ack"), ("fin-ack", "last-ack")]
     assert entered(result, "client", "TIME_WAIT").shown_new == "TIME_WAIT"
+
+
+async def test_rx_ring_reads_every_frame_with_the_kernels_receive_time(tmp_path: Path) -> None:
+    """With --rx-ring auto the proxy reads its ports through TPACKET_V3 rings
+    (no fallback logged): the conversation goes through, every segment is
+    logged with the kernel's receive time, and the capture agrees."""
+    pcap = tmp_path / "ring.pcapng"
+    result = await run("--rx-ring", "auto", send=("x" * 1000,) * 20, pcap=str(pcap))
+    fallbacks = [m for m in result.of("proxy", events.LogMessage) if m.logger == "proxy.rxring"]
+    assert not fallbacks, fallbacks
+    assert conversation_ok(result)
+    (done,) = result.of("proxy", DaemonDone)
+    counters = done.counters or {}
+    assert counters["frames_in"] == done.captured
+    logged = segs(result)
+    assert len(logged) == counters["segments"] >= 40
+    assert [s.tags for s in logged[:3]] == [("syn",), ("syn-ack",), ("handshake-ack",)]
+    # the kernel stamped each frame before the proxy sent it on
+    for s in logged:
+        assert s.sent_ts is not None and s.ts <= s.sent_ts < s.ts + 1.0
+    if shutil.which("tshark") is not None:
+        tshark = await trio.run_process(
+            ["tshark", "-r", str(pcap), "-Y", "tcp", "-T", "fields", "-e", "frame.time_epoch"],
+            capture_stdout=True,
+        )
+        stamps = [float(t) for t in tshark.stdout.decode().split()]
+        assert len(stamps) == len(logged)
+        assert all(abs(t - s.ts) < 2e-6 for t, s in zip(stamps, logged, strict=True))
+
+
+class _Log:
+    """A logger that keeps what :func:`core.events.emit` writes on it."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        def write(event: str, **fields: Any) -> None:
+            self.lines.append((event, fields))
+
+        return write
+
+
+def test_rx_ring_refused_falls_back_to_recvmsg_and_says_why_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A port whose ring the kernel refuses is read with recvmsg; one warning
+    names every such port and the reason.  A ring the kernel gives is mapped."""
+    with topology.lab() as lab, netns.inside(lab.ns("mbx")):
+        ports = forward.discover(["mc0", "ms0"])[0]
+        log = _Log()
+        interfaces = proxy_main._open_interfaces(ports, False, True, log)
+        try:
+            assert all(i.rx is not None and len(i.rx.blocks) == rxring.BLOCK_NR for i in interfaces)
+            assert not log.lines
+        finally:
+            for iface in interfaces:
+                iface.close()
+
+        def refuse(sock: object, **kw: object) -> rxring.RxRing:
+            raise OSError(errno.EPERM, "no ring for this test")
+
+        monkeypatch.setattr(rxring, "attach", refuse)
+        interfaces = proxy_main._open_interfaces(ports, False, True, log)
+        try:
+            assert all(i.rx is None for i in interfaces)
+        finally:
+            for iface in interfaces:
+                iface.close()
+    ((event, fields),) = log.lines
+    assert event == "log_message" and fields["logger"] == "proxy.rxring"
+    assert fields["log_level"] == "warning"
+    assert "mc0: [Errno 1] no ring for this test" in fields["message"]
+    assert "ms0:" in fields["message"]

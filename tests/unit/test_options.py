@@ -23,7 +23,13 @@ from daemons import client as client_daemon
 from daemons import server as server_daemon
 from daemons import watch as watch_daemon
 from daemons.options import ClientOptions, ServerOptions, WatchOptions
-from proxy.options import EXPRESS_MODES, LOG_SEGMENT_MODES, RULE_ACTIONS, ProxyOptions
+from proxy.options import (
+    EXPRESS_MODES,
+    LOG_SEGMENT_MODES,
+    RULE_ACTIONS,
+    RX_RING_MODES,
+    ProxyOptions,
+)
 
 one_line = st.text(st.characters(blacklist_characters="\n\r", blacklist_categories=["Cs"]))
 durations = st.builds(
@@ -123,6 +129,7 @@ STRATEGIES: dict[type, dict[str, Any]] = {
         "control": st.none() | names,
         "log_segments": st.sampled_from(LOG_SEGMENT_MODES),
         "express": st.sampled_from(EXPRESS_MODES),
+        "rx_ring": st.sampled_from(RX_RING_MODES),
         "log_format": st.sampled_from(logs.FORMATS),
     },
 }
