@@ -66,6 +66,11 @@ BATCH = 256
 """Frames handled per wakeup before yielding to the other tasks."""
 FRAME_BUFFER = 65536 + 64
 SOCKET_BUFFER = 8 << 20
+EPOLL_RESOLUTION_S = 0.001
+"""epoll_wait(2) takes its timeout in whole milliseconds and Python rounds
+it up (``select.epoll.poll``), so trio wakes a sleeper up to 1 ms after its
+deadline: a ``delay`` rule of 5 ms added 5–6 ms.  The timer task sleeps
+until this long before what is due, then yields until it is."""
 MAX_LANE_ERRORS = 16
 """Express-lane error messages kept for ``daemon_done`` (the latest ones)."""
 # include/uapi/asm-generic/socket.h (not exported by the socket module)
@@ -357,8 +362,12 @@ class Forwarder:
         while True:
             wake = self.middlebox.next_wakeup()
             self._timer_at = wake if wake is not None else float("inf")
-            with trio.move_on_at(self._timer_at):
+            with trio.move_on_at(self._timer_at - EPOLL_RESOLUTION_S):
                 await self._wake.wait()
+            # the last stretch: yield to the other tasks until it is due,
+            # rather than let epoll_wait oversleep it
+            while trio.current_time() < self._timer_at and not self._wake.is_set():
+                await trio.lowlevel.checkpoint()
             self._wake = trio.Event()
             self._timer_at = float("inf")
             out = self.middlebox.tick(trio.current_time(), time.time())
