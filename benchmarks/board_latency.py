@@ -767,6 +767,15 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+def steal_s() -> float:
+    """CPU time the hypervisor has taken from this VM's CPUs, all of them
+    together (``/proc/stat``'s ``steal``, in clock ticks): the board's
+    process stalls for tens of milliseconds when it happens, whatever the
+    board does, and that shows in every p99 here."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+
+
 def netns_names() -> set[str]:
     out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=10)
     return {line.split()[0] for line in out.stdout.splitlines() if line.strip()}
@@ -1046,7 +1055,13 @@ async def measure(
                         f"{args.concurrency} at a time, pace {args.pace}; the board's listeners: "
                         f"{listeners}"
                     )
+                    stolen = steal_s()
                     met = await burst(page, events, ladder, lines)
+                    stolen_ms = (steal_s() - stolen) * 1000
+                    print(
+                        f"  the hypervisor's steal during the burst: {stolen_ms:.0f} ms of CPU"
+                        " (a vCPU stopped stalls whatever runs on it)"
+                    )
                     if ladder:
                         ladder.feed.close()
                     met &= await big_run(args, page, events, lines, client, board_pid)
