@@ -22,12 +22,15 @@ and, by mode:
   proxy: the pcapng has every segment each endpoint sent, the log only the
   control ones, and the proxy counted the rest;
 - ``--log-segments control`` (express lane): the data rode the kernel, so
-  the proxy saw fewer segments than were sent, and every byte arrived.
+  the proxy saw fewer segments than were sent, and every byte arrived —
+  with the lab's mirrored MACs (``u32`` filters) and with ports that keep
+  their own MACs, as in compose (eBPF filters that rewrite them).
 """
 
 from __future__ import annotations
 
 import collections
+import os
 import socket
 import struct
 from pathlib import Path
@@ -38,6 +41,7 @@ import trio
 import proxy.__main__ as proxy_main
 from core import netns
 from core.events import ConversationDone, DaemonDone, Segment
+from proxy import bpf_lane, bpf_prog
 from tcplab import runner, topology
 from tcplab.topology.model import CLIENT_IF, SERVER_IF
 
@@ -137,14 +141,15 @@ def multiset_missing(wanted: list[Key], have: list[Key]) -> list[Key]:
 
 
 async def run_captured(
-    tmp_path: Path, *proxy_args: str
+    tmp_path: Path, *proxy_args: str, mirrored_macs: bool = True
 ) -> tuple[runner.RunResult, Capture, Capture, list[bytes]]:
     pcap = tmp_path / "proxy.pcapng"
     options = proxy_main.parse_args([*proxy_args, "--pcap", str(pcap)])
     opts = runner.RunOptions(
         proxy=options, send=("x" * 1400,) * 40, server_close="immediate", observe_for=0.5
     )
-    with trio.fail_after(DEADLINE), topology.lab() as lab:
+    spec = topology.LabSpec(mirrored_macs=mirrored_macs)
+    with trio.fail_after(DEADLINE), topology.lab(spec) as lab:
         client = Capture(lab.ns("cli"), CLIENT_IF)
         server = Capture(lab.ns("srv"), SERVER_IF)
         try:
@@ -168,12 +173,27 @@ MODES = {
     "all": ("--log-segments", "all"),
     "control-no-express": ("--log-segments", "control", "--express", "off"),
     "control-express": ("--log-segments", "control"),
+    # ports with their own MACs, as in compose: the lane rewrites them (eBPF)
+    "control-express-rewrite": ("--log-segments", "control"),
 }
+
+
+def _bpf_unavailable() -> str | None:
+    try:
+        os.close(bpf_lane.load(bpf_prog.probe(), "tl_probe"))
+    except OSError as exc:
+        return f"eBPF programs cannot be loaded here: {exc}"
+    return None
 
 
 @pytest.mark.parametrize("mode", list(MODES))
 async def test_log_and_pcapng_agree_with_both_endpoints(tmp_path: Path, mode: str) -> None:
-    result, client, server, frames = await run_captured(tmp_path, *MODES[mode])
+    rewrite = mode.endswith("-rewrite")
+    if rewrite and (why := _bpf_unavailable()) is not None:
+        pytest.skip(why)
+    result, client, server, frames = await run_captured(
+        tmp_path, *MODES[mode], mirrored_macs=not rewrite
+    )
     (done,) = result.of("proxy", DaemonDone)
     counters = done.counters or {}
     assert result.of("client", ConversationDone), "the client never finished"
