@@ -45,16 +45,14 @@ from proxy import bpf_lane, express, rxring
 from proxy.lanes import MAX_EXPRESS
 from proxy.middlebox import Middlebox, Output
 from proxy.neighbours import Port, Route
+from proxy.ring import SOL_PACKET, TP_STATUS_CSUMNOTREADY
 from proxy.verdicts import stamp_sent
 
 # include/uapi/linux/if_ether.h, include/uapi/linux/if_packet.h
 ETH_P_ALL = 0x0003
-SOL_PACKET = 263
 PACKET_AUXDATA = 8
 PACKET_QDISC_BYPASS = 20
 PACKET_IGNORE_OUTGOING = 23
-TP_STATUS_CSUMNOTREADY = 1 << 3
-TP_STATUS_VLAN_VALID = 1 << 4
 _AUXDATA = struct.Struct("=IIIHHHH")  # struct tpacket_auxdata
 # include/uapi/asm-generic/socket.h: SO_TIMESTAMPNS_OLD, a struct timespec of
 # two longs (the 64-bit layout; SO_TIMESTAMPNS_NEW is the y2038 variant)

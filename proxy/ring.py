@@ -25,6 +25,8 @@ import struct
 from collections.abc import Iterator
 from typing import NamedTuple
 
+# include/linux/socket.h
+SOL_PACKET = 263
 # include/uapi/linux/if_packet.h: socket options (level SOL_PACKET)
 PACKET_RX_RING = 5
 PACKET_STATISTICS = 6

@@ -44,7 +44,6 @@ RETIRE_MS = 1
 this long after it was opened, so a lone segment is not held back (the
 kernel's default for a link of unknown speed is 8 ms)."""
 
-SOL_PACKET = 263
 """include/linux/socket.h (not exported by the socket module)."""
 _STATUS = struct.Struct("=I")
 _STATUS_OFFSET = 8
@@ -85,7 +84,7 @@ def attach(
     """Switch ``sock`` (an AF_PACKET socket, before it is bound, so no frame
     is queued where the ring reader would not look) to TPACKET_V3, set up its
     receive ring and map it.  Raises ``OSError`` when the kernel refuses."""
-    level = SOL_PACKET
+    level = ring.SOL_PACKET
     sock.setsockopt(level, ring.PACKET_VERSION, ring.TPACKET_V3)
     sock.setsockopt(
         level, ring.PACKET_RX_RING, ring.request(block_size, block_nr, frame_size, retire_ms)
