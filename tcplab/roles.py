@@ -219,6 +219,8 @@ def run_role(role: str, names: str, pause: float, once: bool) -> int:
     first = tour[0]
     if role not in ("server", "proxy", "client"):
         raise ValueError(f"unknown role {role!r} (server, proxy, client)")
+    # checked before the container is touched
+    segments = log_segments(os.environ.get("LOG_SEGMENTS", "")) if role == "proxy" else "control"
     with RecordSink.from_env() as sink:
         relay = Relay(sink)
         relay.install_signals()
@@ -235,7 +237,7 @@ def run_role(role: str, names: str, pause: float, once: bool) -> int:
                 front=front,
                 back=back,
                 control=CONTROL,
-                log_segments=log_segments(os.environ.get("LOG_SEGMENTS", "")),
+                log_segments=segments,
             )
             return relay.run(runner.daemon_argv("proxy", proxy))
         prepare_endpoint(CLIENT_SUBNET, SERVER_SUBNET, PROXY_FRONT)
